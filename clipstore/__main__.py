@@ -1,0 +1,5 @@
+import sys
+
+from clipstore.cli import main
+
+sys.exit(main())

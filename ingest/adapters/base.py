@@ -1,0 +1,137 @@
+"""The adapter contract: `open(path, options)` resolves a raw layout and yields records."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from clipstore.ingest.records import ImageRef, Reject, SourceRecord
+from clipstore.ingest.paths import PathEscape, resolve_inside
+from clipstore.warehouse.errors import InputError
+
+
+@dataclass
+class IngestOptions:
+    images: Path | None = None        # image root, when not the layout's standard folder
+    image_map: Path | None = None     # TSV: name in the annotation -> path below the image root
+    keep_missing: bool = False        # keep entries whose image is missing as caption-only samples
+    preset: str | None = None         # imagefolder presets (ucm_cls, whu_rs19, rsscn7, aid, resisc45)
+
+
+@dataclass
+class Source:
+    records: Iterable[SourceRecord | Reject]
+    files: list[Path]                                  # annotation files read
+    image_root: Path | None = None
+    classes: list[tuple[str, str]] | None = None        # (class as in the source, display name), in index order
+    notes: list[str] = field(default_factory=list)
+
+
+class Adapter:
+    format: str = ""
+    summary: str = ""
+    layout: str = ""          # the expected raw layout, shown by `doctor` and errors
+
+    def open(self, path: Path, options: IngestOptions) -> Source:
+        raise NotImplementedError
+
+
+def require_path(path: Path, what: str, layout: str) -> Path:
+    if not path.exists():
+        raise InputError(f"{what} not found", where=str(path), fix=f"expected layout: {layout}")
+    return path
+
+
+def find_first(root: Path, names: Iterable[str]) -> Path | None:
+    for name in names:
+        if (root / name).exists():
+            return root / name
+    return None
+
+
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path.name} is not valid {encoding.upper()} (byte {exc.start}, line {line})",
+                         where=str(path), fix=f"re-encode the file as {encoding.upper()}") from None
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
+    """(line number, text or None, error or None) per line; undecodable lines become errors, so
+    one bad line costs one reject, not the file. CRLF endings are accepted."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            raw = raw.rstrip(b"\r\n")
+            try:
+                yield n, raw.decode("utf-8"), None
+            except UnicodeDecodeError as exc:
+                yield n, None, f"line {n} of {path.name} is not valid UTF-8 (byte {exc.start})"
+
+
+def _no_duplicate_keys(path: Path):
+    def hook(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise InputError(f"duplicate key {k!r} in a JSON object of {path.name}", where=str(path),
+                                 fix="remove the repeated key: which value is meant is ambiguous")
+            seen.add(k)
+        return dict(pairs)
+    return hook
+
+
+def load_json(path: Path):
+    """json.load with errors that name the file and position, and duplicate keys refused."""
+    text = read_text(path)
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys(path))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"malformed JSON in {path.name}: {exc.msg} at line {exc.lineno}, column {exc.colno} "
+                         f"(char {exc.pos})", where=str(path), fix="repair or re-download the file") from None
+
+
+def image_ref(root: Path, name: str, source_key: str) -> tuple[ImageRef | None, str | None] | Reject:
+    """Resolve an image name below root: (ref, None) when present, (None, why) when missing,
+    a Reject when the name is unsafe."""
+    try:
+        p = resolve_inside(root, name)
+    except PathEscape as exc:
+        return Reject(source_key, f"unsafe file name: {exc}")
+    if p.is_file():
+        return ImageRef(path=p), None
+    if p.exists():
+        return Reject(source_key, f"not a regular file: {p}")
+    return None, f"image file missing: {p}"
+
+
+def record_with_image(root: Path, name: str, source_key: str, **fields) -> SourceRecord | Reject:
+    resolved = image_ref(root, name, source_key)
+    if isinstance(resolved, Reject):
+        return resolved
+    ref, missing = resolved
+    return SourceRecord(source_key=source_key, image=ref, missing=missing, **fields)
+
+
+def read_image_map(path: Path) -> dict[str, str]:
+    """TSV `name<TAB>path[<TAB>...]`; a first row whose path column is no image name is a header."""
+    mapping: dict[str, str] = {}
+    for n, line, err in read_lines(path):
+        if err:
+            raise InputError(err, where=str(path))
+        if not line.strip() or line.startswith("#"):
+            continue
+        cols = line.split("\t")
+        if len(cols) < 2:
+            raise InputError(f"line {n} of {path.name} has no TAB-separated path column", where=str(path),
+                             fix="each line: <name in the annotation>\\t<path below --images>")
+        if n == 1 and "." not in cols[1]:
+            continue  # header
+        if cols[0] in mapping:
+            raise InputError(f"{cols[0]!r} is mapped twice (line {n})", where=str(path))
+        mapping[cols[0]] = cols[1]
+    return mapping

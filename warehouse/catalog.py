@@ -1,0 +1,84 @@
+"""The catalog: a DuckDB file holding artifacts, lineage, runs and the committed parts of each
+artifact's tables. Connections are short-lived so that readers never wait long on a writer."""
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS artifacts (
+    artifact_id   VARCHAR PRIMARY KEY,
+    kind          VARCHAR NOT NULL,
+    name          VARCHAR NOT NULL,
+    recipe_digest VARCHAR NOT NULL,
+    recipe        JSON NOT NULL,
+    status        VARCHAR NOT NULL,          -- building | complete | failed
+    path          VARCHAR NOT NULL,          -- relative to the store root
+    code_version  VARCHAR NOT NULL,
+    created_at    TIMESTAMP NOT NULL,
+    updated_at    TIMESTAMP NOT NULL,
+    counts        JSON,
+    stats         JSON,
+    tables        JSON                       -- table name -> {"key": [...], "group": ...}
+);
+CREATE TABLE IF NOT EXISTS lineage (
+    artifact_id VARCHAR NOT NULL,
+    input_id    VARCHAR NOT NULL,
+    role        VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      VARCHAR PRIMARY KEY,
+    artifact_id VARCHAR,
+    stage       VARCHAR NOT NULL,
+    command     VARCHAR,
+    "user"      VARCHAR,
+    host        VARCHAR,
+    started_at  TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    duration_s  DOUBLE,
+    status      VARCHAR NOT NULL,            -- running | done | noop | failed
+    config      JSON,
+    summary     JSON,
+    error       VARCHAR
+);
+CREATE TABLE IF NOT EXISTS parts (
+    artifact_id  VARCHAR NOT NULL,
+    part         INTEGER NOT NULL,
+    table_name   VARCHAR NOT NULL,
+    path         VARCHAR NOT NULL,           -- relative to the store root
+    rows         BIGINT NOT NULL,
+    sha256       VARCHAR NOT NULL,
+    run_id       VARCHAR,
+    committed_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (artifact_id, part, table_name)
+);
+"""
+
+_LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked")
+
+
+@contextmanager
+def connect(path: Path, read_only: bool = False, retry_s: float = 15.0):
+    """Open the catalog, retrying while another process holds DuckDB's file lock."""
+    deadline = time.monotonic() + retry_s
+    delay = 0.02
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if not any(m in str(exc) for m in _LOCK_MARKERS) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def ensure_schema(path: Path) -> None:
+    with connect(path) as con:
+        con.execute(SCHEMA)
