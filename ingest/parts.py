@@ -27,7 +27,7 @@ class ImageOptions:
 class PartJob:
     part: int
     corpus: str
-    items: list[tuple[SourceRecord | Reject, str]]    # (item, state fingerprint)
+    items: list[tuple[SourceRecord | Reject, str, int]]  # (item, state fingerprint, position in the source)
     out_dir: Path
     image_options: ImageOptions
     keep_missing: bool
@@ -69,13 +69,14 @@ def build_part(job: PartJob) -> PartResult:
     writer = ShardWriter(shard_path)
 
     def reject(key: str, state: str, reason: str, stage: str) -> None:
-        rows["rejects"].append({"corpus": job.corpus, "source_key": key, "stage": stage, "reason": reason,
+        rows["rejects"].append({"corpus": job.corpus, "source_key": key, "source_index": index,
+                                "split": getattr(item, "split", None), "stage": stage, "reason": reason,
                                 "part": job.part})
         rows["ingest_ledger"].append({"corpus": job.corpus, "source_key": key, "state": state,
                                       "outcome": "rejected", "part": job.part})
         counts["rejected"] += 1
 
-    for item, state in job.items:
+    for item, state, index in job.items:
         if isinstance(item, Reject):
             reject(item.source_key, state, item.reason, item.stage)
             continue
@@ -128,7 +129,7 @@ def build_part(job: PartJob) -> PartResult:
             counts["caption_only"] += 1
         rows["samples"].append({
             "corpus": job.corpus, "sample_id": sid, "image_id": image_id, "source_key": rec.source_key,
-            "split": rec.split, "class": rec.label, "class_index": class_index, "n_captions": len(rec.captions),
+            "source_index": index, "split": rec.split, "class": rec.label, "class_index": class_index, "n_captions": len(rec.captions),
             "has_image": processed is not None, "shard": shard,
             "meta": json.dumps(rec.meta, sort_keys=True, ensure_ascii=False, default=str), "part": job.part})
         for i, (raw, cid) in enumerate(zip(rec.captions, cap_ids)):

@@ -127,7 +127,7 @@ def _state(item: SourceRecord | Reject) -> str:
 def _pending(records: Iterable[SourceRecord | Reject], ledger: dict[str, str]) -> Iterator[tuple]:
     """Items whose state differs from the committed one; repeated keys become rejects."""
     seen: dict[str, int] = {}
-    for item in records:
+    for index, item in enumerate(records):
         key = item.source_key
         if key in seen:
             seen[key] += 1
@@ -138,7 +138,7 @@ def _pending(records: Iterable[SourceRecord | Reject], ledger: dict[str, str]) -
             seen[key] = 0
         state = _state(item)
         if ledger.get(key) != state:
-            yield item, state
+            yield item, state, index
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 
 SAMPLES = pa.schema([
     ("corpus", pa.string()), ("sample_id", pa.string()), ("image_id", pa.string()),
-    ("source_key", pa.string()), ("split", pa.string()), ("class", pa.string()),
+    ("source_key", pa.string()), ("source_index", pa.int64()), ("split", pa.string()), ("class", pa.string()),
     ("class_index", pa.int32()), ("n_captions", pa.int32()), ("has_image", pa.bool_()),
     ("shard", pa.string()), ("meta", pa.string()), ("part", pa.int32()),
 ])
@@ -29,8 +29,8 @@ CLASSES = pa.schema([
     ("part", pa.int32()),
 ])
 REJECTS = pa.schema([
-    ("corpus", pa.string()), ("source_key", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
-    ("part", pa.int32()),
+    ("corpus", pa.string()), ("source_key", pa.string()), ("source_index", pa.int64()), ("split", pa.string()),
+    ("stage", pa.string()), ("reason", pa.string()), ("part", pa.int32()),
 ])
 # What each source key looked like when it was processed: the basis of incremental re-ingest.
 LEDGER = pa.schema([

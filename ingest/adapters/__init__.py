@@ -1,10 +1,10 @@
 """Source adapters by FORMAT name (DESIGN §7)."""
 
 from clipstore.ingest.adapters.base import Adapter, IngestOptions, Source
-from clipstore.ingest.adapters.karpathy import RSICD, SYDNEY_CAPTIONS, UCM_CAPTIONS
+from clipstore.ingest.adapters.karpathy import KARPATHY, RSICD, SYDNEY_CAPTIONS, UCM_CAPTIONS
 from clipstore.warehouse.errors import InputError
 
-ADAPTERS: dict[str, Adapter] = {a.format: a for a in (RSICD, UCM_CAPTIONS, SYDNEY_CAPTIONS)}
+ADAPTERS: dict[str, Adapter] = {a.format: a for a in (RSICD, UCM_CAPTIONS, SYDNEY_CAPTIONS, KARPATHY)}
 
 
 def get_adapter(fmt: str) -> Adapter:

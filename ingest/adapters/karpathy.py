@@ -85,3 +85,5 @@ UCM_CAPTIONS = KarpathyAdapter("ucm_captions", ("dataset.json",), ("images", "im
                                "UCM_captions (Qu et al. 2016)")
 SYDNEY_CAPTIONS = KarpathyAdapter("sydney_captions", ("dataset.json",), ("images", "imgs"),
                                   "Sydney_captions (Qu et al. 2016)")
+KARPATHY = KarpathyAdapter("karpathy", ("dataset.json",), ("images", "imgs"),
+                           "any Karpathy-style caption JSON (e.g. `clipstore synth` output)")
