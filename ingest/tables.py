@@ -41,11 +41,22 @@ LEDGER = pa.schema([
 SCHEMAS = {"samples": SAMPLES, "images": IMAGES, "captions": CAPTIONS, "classes": CLASSES,
            "rejects": REJECTS, "ingest_ledger": LEDGER}
 
-# Table declarations for the catalog: rows keyed by source_key supersede older parts' rows.
-CORPUS_TABLES = {
-    "samples": {"key": "source_key"}, "images": {"key": "source_key"}, "captions": {"key": "source_key"},
-    "rejects": {"key": "source_key"}, "ingest_ledger": {"key": "source_key"}, "classes": {"key": "class"},
-}
+_SQL_TYPES = {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN",
+              pa.float32(): "FLOAT", pa.float64(): "DOUBLE"}
+
+
+def sql_columns(schema: pa.Schema) -> dict[str, str]:
+    """Column -> SQL type, so that a table with no rows yet is still a (typed, empty) view."""
+    return {f.name: _SQL_TYPES[f.type] for f in schema}
+
+
+def declare(keys: dict[str, str | None]) -> dict[str, dict]:
+    """Catalog table declarations: columns, and the key whose newest part supersedes older rows."""
+    return {name: {"key": key, "columns": sql_columns(SCHEMAS[name])} for name, key in keys.items()}
+
+
+CORPUS_TABLES = declare({"samples": "source_key", "images": "source_key", "captions": "source_key",
+                         "rejects": "source_key", "ingest_ledger": "source_key", "classes": "class"})
 
 
 def write_parquet(rows: list[dict], schema: pa.Schema, path: Path) -> int:

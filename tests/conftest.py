@@ -42,3 +42,42 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, cwd: Path |
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def write_karpathy(root: Path, entries: list[dict], name: str = "dataset.json") -> Path:
+    """Write a Karpathy caption file: entries are {filename, split, captions}."""
+    import json
+    images, sentid = [], 0
+    for i, e in enumerate(entries):
+        sentences = []
+        for raw in e.get("captions", ["a caption ."]):
+            sentences.append({"raw": raw, "tokens": raw.replace(".", "").split(), "imgid": i, "sentid": sentid})
+            sentid += 1
+        images.append({"filename": e["filename"], "imgid": i, "split": e.get("split", "train"),
+                       "sentids": [s["sentid"] for s in sentences], "sentences": sentences})
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / name
+    path.write_text(json.dumps({"images": images, "dataset": "test"}))
+    return path
+
+
+def real_ucm_tiffs(shared: Path, n: int) -> list[Path]:
+    """The first n real UC Merced TIFFs, in a stable order."""
+    files = sorted((shared / "ucmerced_landuse" / "Images").glob("*/*.tif"))
+    assert len(files) >= n
+    return files[:n]
+
+
+def karpathy_from_real_images(shared: Path, root: Path, n: int, splits=("train",)) -> list[str]:
+    """A Karpathy corpus of n real UC Merced TIFFs copied to root/images; returns the filenames."""
+    import shutil
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, src in enumerate(real_ucm_tiffs(shared, n)):
+        name = f"{i + 1}.tif"
+        shutil.copyfile(src, root / "images" / name)
+        cls = src.parent.name
+        entries.append({"filename": name, "split": splits[i % len(splits)],
+                        "captions": [f"an aerial image of {cls} number {i} .", f"{cls} seen from above ."]})
+    write_karpathy(root, entries)
+    return [e["filename"] for e in entries]

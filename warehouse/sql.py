@@ -24,7 +24,11 @@ def _quote_list(paths: list[Path]) -> str:
 def _artifact_table_sql(store: Store, artifact, table: str, spec: dict, runs: int) -> str | None:
     paths = store.table_paths(artifact, table)
     if not paths:
-        return None
+        columns = spec.get("columns")
+        if not columns:
+            return None
+        typed = ", ".join(f'NULL::{t} AS "{c}"' for c, t in columns.items())
+        return f"SELECT {typed} WHERE false"  # declared but empty: the view exists, with no rows
     scan = f"read_parquet({_quote_list(paths)}, union_by_name = true)"
     key = spec.get("key")
     if not key or runs <= 1:
