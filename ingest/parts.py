@@ -1,5 +1,6 @@
-"""Build one part of a corpus: a shard tar plus the matching rows of every table. Runs in a
-worker process; it reads and decodes images itself, so image bytes never cross processes."""
+"""Turn source entries into parts. Workers do the heavy, independent work per entry (read, hash,
+decode, transcode: `process_batch`); the parent writes each part (a shard tar plus the matching
+table rows: `PartWriter`) in source order, so parallelism does not depend on the shard size."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipstore.ingest import tables
-from clipstore.ingest.images import ImageRejected, encode_array_png, process_image
+from clipstore.ingest.images import ImageRejected, ProcessedImage, encode_array_png, process_image
 from clipstore.ingest.records import ImageRef, Reject, SourceRecord
 from clipstore.ingest.shards import ShardWriter
 from clipstore.ingest.text import normalise_caption
@@ -24,15 +25,20 @@ class ImageOptions:
 
 
 @dataclass
-class PartJob:
-    part: int
-    corpus: str
-    items: list[tuple[SourceRecord | Reject, str, int]]  # (item, state fingerprint, position in the source)
-    out_dir: Path
-    image_options: ImageOptions
-    keep_missing: bool
-    class_index: dict[str, int]
-    classes: list[dict] | None = None                  # class rows, written when they changed
+class Entry:
+    """A pending source item with its state fingerprint and position in the source."""
+
+    item: SourceRecord | Reject
+    state: str
+    index: int
+
+
+@dataclass
+class Outcome:
+    """What a worker made of an entry's image: the processed bytes, or why it failed."""
+
+    image: ProcessedImage | None = None
+    reject: tuple[str, str] | None = None    # (reason, stage)
 
 
 @dataclass
@@ -61,96 +67,112 @@ def read_image_bytes(ref: ImageRef, png_level: int) -> bytes:
     return ref.data or b""
 
 
-def build_part(job: PartJob) -> PartResult:
-    shard_name = f"{job.part:06d}.tar"
-    shard_path = job.out_dir / shard_name
-    rows: dict[str, list[dict]] = {name: [] for name in tables.SCHEMAS}
-    counts: Counter = Counter()
-    writer = ShardWriter(shard_path)
+def outcome_without_image(item: SourceRecord | Reject, keep_missing: bool) -> Outcome | None:
+    """The outcome of entries that need no worker (parse rejects, missing images); None otherwise."""
+    if isinstance(item, Reject):
+        return Outcome(reject=(item.reason, item.stage))
+    if item.image is None:
+        return Outcome() if keep_missing else Outcome(reject=(item.missing or "no image", "read"))
+    return None
 
-    def reject(key: str, state: str, reason: str, stage: str) -> None:
-        rows["rejects"].append({"corpus": job.corpus, "source_key": key, "source_index": index,
-                                "split": getattr(item, "split", None), "stage": stage, "reason": reason,
-                                "part": job.part})
-        rows["ingest_ledger"].append({"corpus": job.corpus, "source_key": key, "state": state,
-                                      "outcome": "rejected", "part": job.part})
-        counts["rejected"] += 1
 
-    for item, state, index in job.items:
-        if isinstance(item, Reject):
-            reject(item.source_key, state, item.reason, item.stage)
-            continue
-        rec = item
-        processed = None
-        if rec.image is not None:
-            try:
-                data = read_image_bytes(rec.image, job.image_options.png_level)
-            except OSError as exc:
-                reject(rec.source_key, state, f"cannot read {rec.image.describe()}: {exc.strerror or exc}", "read")
-                continue
-            try:
-                processed = process_image(data, keep_original=job.image_options.keep_original,
-                                          max_pixels=job.image_options.max_pixels,
-                                          png_level=job.image_options.png_level)
-            except ImageRejected as exc:
-                reject(rec.source_key, state, f"{exc} ({rec.image.describe()})", "decode")
-                continue
-        elif not job.keep_missing:
-            reject(rec.source_key, state, rec.missing or "no image", "read")
-            continue
+def process_image_ref(ref: ImageRef, options: ImageOptions) -> Outcome:
+    try:
+        data = read_image_bytes(ref, options.png_level)
+    except OSError as exc:
+        return Outcome(reject=(f"cannot read {ref.describe()}: {exc.strerror or exc}", "read"))
+    try:
+        return Outcome(image=process_image(data, keep_original=options.keep_original,
+                                           max_pixels=options.max_pixels, png_level=options.png_level))
+    except ImageRejected as exc:
+        return Outcome(reject=(f"{exc} ({ref.describe()})", "decode"))
 
-        sid = sample_id(job.corpus, rec.source_key)
-        image_id = processed.image_id if processed else None
-        owner = image_id or sid
-        cap_ids = [caption_id(owner, i, raw) for i, raw in enumerate(rec.captions)]
-        class_index = job.class_index.get(rec.label) if rec.label is not None else None
-        shard = None
-        if processed is not None:
-            shard = shard_name
-            doc = {"sample_id": sid, "image_id": image_id, "corpus": job.corpus, "source_key": rec.source_key,
-                   "split": rec.split, "class": rec.label, "class_index": class_index,
-                   "captions": rec.captions, "caption_ids": cap_ids,
-                   "width": processed.width, "height": processed.height, "meta": rec.meta}
-            members = {processed.ext: processed.payload}
-            if rec.captions:
-                members["txt"] = rec.captions[0].encode("utf-8")
-            if class_index is not None:
-                members["cls"] = str(class_index).encode()
-            members["json"] = json.dumps(doc, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
-            where = writer.write(sid, members)
-            rows["images"].append({
-                "corpus": job.corpus, "image_id": image_id, "sample_id": sid, "source_key": rec.source_key,
-                "width": processed.width, "height": processed.height, "format": processed.format,
-                "mode": processed.mode, "bytes": processed.source_bytes, "stored_ext": processed.ext,
-                "stored_bytes": len(processed.payload), "transcoded": processed.transcoded,
-                "shard": shard_name, "offset": where[processed.ext][0], "part": job.part})
-            counts["images"] += 1
+
+def process_batch(refs: list[ImageRef], options: ImageOptions) -> list[Outcome]:
+    """Worker entry point: a batch amortises the inter-process round trip."""
+    return [process_image_ref(ref, options) for ref in refs]
+
+
+class PartWriter:
+    """Writes one part: shard members and table rows, in entry order."""
+
+    def __init__(self, part: int, corpus: str, out_dir: Path, class_index: dict[str, int],
+                 classes: list[dict] | None = None):
+        self.part, self.corpus, self.out_dir, self.class_index = part, corpus, out_dir, class_index
+        self.shard_name = f"{part:06d}.tar"
+        self.shard = ShardWriter(out_dir / self.shard_name)
+        self.rows: dict[str, list[dict]] = {name: [] for name in tables.SCHEMAS}
+        if classes:
+            self.rows["classes"] = [{**c, "part": part} for c in classes]
+        self.counts: Counter = Counter()
+        self.entries = 0
+
+    def add(self, entry: Entry, outcome: Outcome) -> None:
+        item = entry.item
+        self.entries += 1
+        if outcome.reject is not None:
+            reason, stage = outcome.reject
+            self.rows["rejects"].append({"corpus": self.corpus, "source_key": item.source_key,
+                                         "source_index": entry.index, "split": getattr(item, "split", None),
+                                         "stage": stage, "reason": reason, "part": self.part})
+            self._ledger(entry, "rejected")
+            self.counts["rejected"] += 1
+            return
+        rec, image = item, outcome.image
+        sid = sample_id(self.corpus, rec.source_key)
+        image_id = image.image_id if image else None
+        cap_ids = [caption_id(image_id or sid, i, raw) for i, raw in enumerate(rec.captions)]
+        class_index = self.class_index.get(rec.label) if rec.label is not None else None
+        if image is not None:
+            self._write_image(rec, sid, image, cap_ids, class_index)
         else:
-            counts["caption_only"] += 1
-        rows["samples"].append({
-            "corpus": job.corpus, "sample_id": sid, "image_id": image_id, "source_key": rec.source_key,
-            "source_index": index, "split": rec.split, "class": rec.label, "class_index": class_index, "n_captions": len(rec.captions),
-            "has_image": processed is not None, "shard": shard,
-            "meta": json.dumps(rec.meta, sort_keys=True, ensure_ascii=False, default=str), "part": job.part})
+            self.counts["caption_only"] += 1
+        self.rows["samples"].append({
+            "corpus": self.corpus, "sample_id": sid, "image_id": image_id, "source_key": rec.source_key,
+            "source_index": entry.index, "split": rec.split, "class": rec.label, "class_index": class_index,
+            "n_captions": len(rec.captions), "has_image": image is not None,
+            "shard": self.shard_name if image else None,
+            "meta": json.dumps(rec.meta, sort_keys=True, ensure_ascii=False, default=str), "part": self.part})
         for i, (raw, cid) in enumerate(zip(rec.captions, cap_ids)):
-            rows["captions"].append({"corpus": job.corpus, "caption_id": cid, "sample_id": sid,
-                                     "image_id": image_id, "source_key": rec.source_key, "ordinal": i,
-                                     "raw": raw, "text": normalise_caption(raw), "part": job.part})
-        rows["ingest_ledger"].append({"corpus": job.corpus, "source_key": rec.source_key, "state": state,
-                                      "outcome": "ingested" if processed else "caption_only", "part": job.part})
-        counts["samples"] += 1
-        counts["captions"] += len(rec.captions)
-    writer.close()
+            self.rows["captions"].append({"corpus": self.corpus, "caption_id": cid, "sample_id": sid,
+                                          "image_id": image_id, "source_key": rec.source_key, "ordinal": i,
+                                          "raw": raw, "text": normalise_caption(raw), "part": self.part})
+        self._ledger(entry, "ingested" if image else "caption_only")
+        self.counts["samples"] += 1
+        self.counts["captions"] += len(rec.captions)
 
-    if job.classes:
-        rows["classes"] = [{**c, "part": job.part} for c in job.classes]
-    files: dict[str, tuple[Path, int]] = {}
-    if writer.count:
-        files["shards"] = (shard_path, writer.count)
-    else:
-        shard_path.unlink()
-    for name, table_rows in rows.items():
-        if table_rows:
-            out = job.out_dir / f"{job.part:06d}.{name}.parquet"
-            files[name] = (out, tables.write_parquet(table_rows, tables.SCHEMAS[name], out))
-    return PartResult(job.part, files, counts)
+    def _write_image(self, rec: SourceRecord, sid: str, image: ProcessedImage, cap_ids: list[str],
+                     class_index: int | None) -> None:
+        doc = {"sample_id": sid, "image_id": image.image_id, "corpus": self.corpus, "source_key": rec.source_key,
+               "split": rec.split, "class": rec.label, "class_index": class_index, "captions": rec.captions,
+               "caption_ids": cap_ids, "width": image.width, "height": image.height, "meta": rec.meta}
+        members = {image.ext: image.payload}
+        if rec.captions:
+            members["txt"] = rec.captions[0].encode("utf-8")  # open_clip trains on `txt`
+        if class_index is not None:
+            members["cls"] = str(class_index).encode()
+        members["json"] = json.dumps(doc, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+        offset, _ = self.shard.write(sid, members)[image.ext]
+        self.rows["images"].append({
+            "corpus": self.corpus, "image_id": image.image_id, "sample_id": sid, "source_key": rec.source_key,
+            "width": image.width, "height": image.height, "format": image.format, "mode": image.mode,
+            "bytes": image.source_bytes, "stored_ext": image.ext, "stored_bytes": len(image.payload),
+            "transcoded": image.transcoded, "shard": self.shard_name, "offset": offset, "part": self.part})
+        self.counts["images"] += 1
+
+    def _ledger(self, entry: Entry, outcome: str) -> None:
+        self.rows["ingest_ledger"].append({"corpus": self.corpus, "source_key": entry.item.source_key,
+                                           "state": entry.state, "outcome": outcome, "part": self.part})
+
+    def close(self) -> PartResult:
+        self.shard.close()
+        files: dict[str, tuple[Path, int]] = {}
+        if self.shard.count:
+            files["shards"] = (self.shard.path, self.shard.count)
+        else:
+            self.shard.path.unlink()
+        for name, rows in self.rows.items():
+            if rows:
+                out = self.out_dir / f"{self.part:06d}.{name}.parquet"
+                files[name] = (out, tables.write_parquet(rows, tables.SCHEMAS[name], out))
+        return PartResult(self.part, files, self.counts)

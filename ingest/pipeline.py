@@ -20,7 +20,8 @@ from typing import Iterable, Iterator
 from clipstore.ingest import tables
 from clipstore.ingest.adapters import IngestOptions, get_adapter
 from clipstore.ingest.images import DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL
-from clipstore.ingest.parts import ImageOptions, PartJob, PartResult, build_part
+from clipstore.ingest.parts import (Entry, ImageOptions, Outcome, PartWriter, outcome_without_image,
+                                    process_batch)
 from clipstore.ingest.records import Reject, SourceRecord
 from clipstore.warehouse.hashing import digest
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
@@ -58,33 +59,38 @@ def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str |
 def _run(store: Store, builder: ArtifactBuilder, source, name: str, image_options: ImageOptions,
          keep_missing: bool, shard_size: int, workers: int, progress: bool) -> Artifact:
     started = time.monotonic()
-    ledger = _committed_states(builder)
     classes = [{"corpus": name, "class": raw, "class_index": i, "name": display}
                for i, (raw, display) in enumerate(source.classes or [])]
     class_index = {c["class"]: c["class_index"] for c in classes}
     classes_changed = bool(classes) and _committed_classes(builder) != [(c["class"], c["name"]) for c in classes]
-
-    items = _pending(source.records, ledger)
-    first_part = builder.next_part()
     out_dir = builder.temp_dir("parts")
-
-    def jobs() -> Iterator[PartJob]:
-        produced = False
-        for i, chunk in enumerate(_chunks(items, shard_size)):
-            produced = True
-            yield PartJob(first_part + i, name, chunk, out_dir, image_options, keep_missing, class_index,
-                          classes if (i == 0 and classes_changed) else None)
-        if classes_changed and not produced:  # only the class list changed
-            yield PartJob(first_part, name, [], out_dir, image_options, keep_missing, class_index, classes)
-
+    next_part = builder.next_part()
     totals: Counter = Counter()
     bar = _progress(progress, name)
-    for result in _run_jobs(jobs(), workers):
+
+    def commit(writer: PartWriter) -> None:
+        result = writer.close()
         builder.commit_part(result.part, result.files)
         totals.update(result.counts)
         if bar is not None:
-            bar.update(sum(result.counts[k] for k in ("samples", "rejected")))
             bar.set_postfix(images=totals["images"], rejected=totals["rejected"], refresh=False)
+
+    writer = None
+    entries = _pending(source.records, _committed_states(builder))
+    for entry, outcome in _outcomes(entries, image_options, keep_missing, workers):
+        if writer is None:
+            writer = PartWriter(next_part, name, out_dir, class_index,
+                                classes if classes_changed and next_part == builder.next_part() else None)
+        writer.add(entry, outcome)
+        if bar is not None:
+            bar.update()
+        if writer.entries == shard_size:
+            commit(writer)
+            writer, next_part = None, next_part + 1
+    if writer is None and classes_changed and totals.total() == 0:  # only the class list changed
+        writer = PartWriter(next_part, name, out_dir, class_index, classes)
+    if writer is not None:
+        commit(writer)
     if bar is not None:
         bar.close()
 
@@ -124,8 +130,8 @@ def _state(item: SourceRecord | Reject) -> str:
     return digest([image, item.captions, item.split, item.label, item.meta])
 
 
-def _pending(records: Iterable[SourceRecord | Reject], ledger: dict[str, str]) -> Iterator[tuple]:
-    """Items whose state differs from the committed one; repeated keys become rejects."""
+def _pending(records: Iterable[SourceRecord | Reject], ledger: dict[str, str]) -> Iterator[Entry]:
+    """Entries whose state differs from the committed one; repeated keys become rejects."""
     seen: dict[str, int] = {}
     for index, item in enumerate(records):
         key = item.source_key
@@ -138,7 +144,7 @@ def _pending(records: Iterable[SourceRecord | Reject], ledger: dict[str, str]) -
             seen[key] = 0
         state = _state(item)
         if ledger.get(key) != state:
-            yield item, state, index
+            yield Entry(item, state, index)
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:
@@ -146,21 +152,35 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _run_jobs(jobs: Iterator[PartJob], workers: int) -> Iterator[PartResult]:
-    """Build parts on `workers` processes, yielding results in part order (at most workers+1 in flight)."""
+def _outcomes(entries: Iterator[Entry], options: ImageOptions, keep_missing: bool, workers: int,
+              batch_size: int = 16) -> Iterator[tuple[Entry, Outcome]]:
+    """(entry, outcome) in entry order; images are processed on `workers` processes, with a bounded
+    number of batches in flight so memory stays flat however large the corpus."""
+    def split(batch: list[Entry]) -> list:
+        return [e.item.image for e in batch if outcome_without_image(e.item, keep_missing) is None]
+
+    def merge(batch: list[Entry], processed: list[Outcome]) -> Iterator[tuple[Entry, Outcome]]:
+        done = iter(processed)
+        for e in batch:
+            yield e, outcome_without_image(e.item, keep_missing) or next(done)
+
+    batches = _chunks(entries, batch_size)
     if workers <= 1:
-        yield from map(build_part, jobs)
+        for batch in batches:
+            yield from merge(batch, process_batch(split(batch), options))
         return
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["clipstore.ingest.parts"])
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         in_flight: deque = deque()
-        for job in jobs:
-            in_flight.append(pool.submit(build_part, job))
-            if len(in_flight) > workers:
-                yield in_flight.popleft().result()
+        for batch in batches:
+            in_flight.append((batch, pool.submit(process_batch, split(batch), options)))
+            if len(in_flight) >= 4 * workers:
+                done_batch, future = in_flight.popleft()
+                yield from merge(done_batch, future.result())
         while in_flight:
-            yield in_flight.popleft().result()
+            done_batch, future = in_flight.popleft()
+            yield from merge(done_batch, future.result())
 
 
 def _write_sizes(builder: ArtifactBuilder) -> None:

@@ -21,8 +21,8 @@ def _quote_list(paths: list[Path]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
-def _artifact_table_sql(store: Store, artifact, table: str, spec: dict, runs: int) -> str | None:
-    paths = store.table_paths(artifact, table)
+def _artifact_table_sql(artifact, table: str, spec: dict, parts: dict) -> str | None:
+    paths = [p for _, p, _ in parts.get((artifact.artifact_id, table), [])]
     if not paths:
         columns = spec.get("columns")
         if not columns:
@@ -31,26 +31,26 @@ def _artifact_table_sql(store: Store, artifact, table: str, spec: dict, runs: in
         return f"SELECT {typed} WHERE false"  # declared but empty: the view exists, with no rows
     scan = f"read_parquet({_quote_list(paths)}, union_by_name = true)"
     key = spec.get("key")
-    if not key or runs <= 1:
+    runs = {run for t in artifact.tables for _, _, run in parts.get((artifact.artifact_id, t), [])}
+    if not key or len(runs) <= 1:
         return f"SELECT * FROM {scan}"
     # Incremental artifacts: a key processed again in a later part supersedes its earlier rows,
     # across every table that shares the key (a sample once rejected as missing, now ingested).
-    keyed = [t for t, s in artifact.tables.items() if s.get("key") == key]
-    union = " UNION ALL ".join(
-        f"SELECT {key} AS k, part FROM read_parquet({_quote_list(store.table_paths(artifact, t))})"
-        for t in keyed if store.table_paths(artifact, t))
+    keyed = [[p for _, p, _ in parts[(artifact.artifact_id, t)]] for t, s in artifact.tables.items()
+             if s.get("key") == key and (artifact.artifact_id, t) in parts]
+    union = " UNION ALL ".join(f"SELECT {key} AS k, part FROM read_parquet({_quote_list(ps)})" for ps in keyed)
     return (f"SELECT t.* FROM {scan} t JOIN (SELECT k, max(part) AS part FROM ({union}) GROUP BY k) latest "
             f"ON t.{key} = latest.k AND t.part = latest.part")
 
 
 def view_definitions(store: Store) -> dict[str, str]:
     """Table name -> SELECT over the parts of every current artifact declaring that table."""
-    with store.connect() as con:
-        runs = dict(con.execute("SELECT artifact_id, count(DISTINCT run_id) FROM parts GROUP BY 1").fetchall())
+    artifacts = store.current_all()
+    parts = store.all_parts([a.artifact_id for a in artifacts])
     selects: dict[str, list[str]] = {}
-    for artifact in store.current_all():
+    for artifact in artifacts:
         for table, spec in sorted(artifact.tables.items()):
-            sql = _artifact_table_sql(store, artifact, table, spec, runs.get(artifact.artifact_id, 0))
+            sql = _artifact_table_sql(artifact, table, spec, parts)
             if sql:
                 selects.setdefault(table, []).append(sql)
     return {t: " UNION ALL BY NAME ".join(f"({s})" for s in sqls) for t, sqls in selects.items()}

@@ -128,13 +128,28 @@ class Store:
         return None
 
     def current_all(self, kind: str | None = None) -> list[Artifact]:
+        """The current artifact of every (kind, name), in one catalog read."""
+        where = "WHERE status <> 'failed' AND (status = 'complete' OR artifact_id IN (SELECT artifact_id FROM parts))"
+        params: list = []
+        if kind:
+            where += " AND kind = ?"
+            params.append(kind)
         seen: dict[tuple[str, str], Artifact] = {}
-        for a in self.list(kind):
-            if a.status == "failed":
-                continue
-            if a.status == "complete" or self.parts(a.artifact_id):
-                seen[(a.kind, a.name)] = a
+        for a in self._artifacts(where, params):  # ordered by creation: the newest wins
+            seen[(a.kind, a.name)] = a
         return sorted(seen.values(), key=lambda a: (a.kind, a.name))
+
+    def all_parts(self, artifact_ids: list[str]) -> dict[tuple[str, str], list[tuple[int, Path, str]]]:
+        """(artifact, table) -> [(part, path, run_id)] for several artifacts in one catalog read."""
+        if not artifact_ids:
+            return {}
+        with self.connect() as con:
+            rows = con.execute("SELECT artifact_id, table_name, part, path, run_id FROM parts "
+                               "WHERE artifact_id IN (SELECT unnest(?)) ORDER BY part", [artifact_ids]).fetchall()
+        out: dict[tuple[str, str], list] = {}
+        for aid, table, part, path, run in rows:
+            out.setdefault((aid, table), []).append((part, self.root / path, run))
+        return out
 
     def parts(self, artifact_id: str, table: str | None = None) -> list[tuple[int, str, Path]]:
         """Committed parts (part number, table, absolute path), in part order."""
