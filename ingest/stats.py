@@ -1,7 +1,9 @@
-"""Per-corpus statistics, computed over the corpus's logical tables after an ingest."""
+"""Per-corpus statistics, computed over the corpus's logical tables after an ingest, with the
+audit counts (duplicates, junk captions, unusual sizes) of ingest/audit.py."""
 
 from __future__ import annotations
 
+from clipstore.ingest.audit import corpus_audit
 from clipstore.warehouse.sql import query
 from clipstore.warehouse.store import Store
 
@@ -13,7 +15,8 @@ def _scalar_rows(store: Store, sql: str, params: list) -> list[dict]:
 def corpus_stats(store: Store, corpus: str) -> dict:
     tables = {r["name"] for r in _scalar_rows(store, "SELECT view_name AS name FROM duckdb_views()", [])}
     if "samples" not in tables:
-        return {"counts": {"samples": 0, "images": 0, "caption_only": 0, "captions": 0, "rejects": 0}}
+        return {"counts": {"samples": 0, "images": 0, "caption_only": 0, "captions": 0, "rejects": 0},
+                "audit": corpus_audit(store, corpus, tables)}
     s = _scalar_rows(store, """
         SELECT count(*) AS samples, count(*) FILTER (WHERE has_image) AS images,
                count(*) FILTER (WHERE NOT has_image) AS caption_only,
@@ -38,4 +41,5 @@ def corpus_stats(store: Store, corpus: str) -> dict:
     formats = {r["format"]: r["n"] for r in _scalar_rows(
         store, "SELECT format, count(*) AS n FROM images WHERE corpus = ? GROUP BY 1 ORDER BY 1", [corpus])} \
         if "images" in tables else {}
-    return {"counts": counts, "rejects_by_reason": rejects_by_reason, "splits": splits, "formats": formats}
+    return {"counts": counts, "rejects_by_reason": rejects_by_reason, "splits": splits, "formats": formats,
+            "audit": corpus_audit(store, corpus, tables)}
