@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	STORE=$(STORE) DATA=$(DATA) $(BIN)/python -m clipstore.demo --store $(STORE) --data $(DATA)
+	$(BIN)/python -m clipstore.demo --store $(STORE) --data $(DATA)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

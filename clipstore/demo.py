@@ -1,0 +1,80 @@
+"""`make demo`: the main job, end to end as far as the stages go today.
+
+Ingests the project's real corpora (clipstore.toml) and a synthetic learnable corpus, builds the
+RS-ALL split, then prints a summary table and a few answers from the store's SQL."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from clipstore.warehouse.errors import ClipstoreError
+
+QUESTIONS = [
+    ("Corpora in the store",
+     """SELECT corpus, count(*) AS samples, count(*) FILTER (WHERE has_image) AS with_image,
+               count(*) FILTER (WHERE NOT has_image) AS caption_only, sum(n_captions) AS captions,
+               count(DISTINCT shard) AS shards
+        FROM samples GROUP BY corpus ORDER BY corpus"""),
+    ("RS-ALL split: samples per role and corpus",
+     "SELECT role, corpus, count(*) AS n FROM splits WHERE split = 'rs_all' GROUP BY ALL ORDER BY role, corpus"),
+    ("Why entries were rejected",
+     """SELECT corpus, regexp_extract(reason, '^[^:(]*') AS reason, count(*) AS n
+        FROM rejects GROUP BY ALL ORDER BY n DESC LIMIT 8"""),
+    ("Captions shared by the most images (template leakage risk)",
+     """SELECT corpus, text, count(DISTINCT sample_id) AS images FROM captions
+        GROUP BY ALL ORDER BY images DESC, text LIMIT 5"""),
+    ("Distinct captions per corpus",
+     """SELECT corpus, count(*) AS captions, count(DISTINCT text) AS distinct_texts,
+               round(100.0 * count(DISTINCT text) / count(*), 1) AS pct_distinct
+        FROM captions GROUP BY corpus ORDER BY corpus"""),
+    ("Images whose size differs from their corpus's usual size",
+     "SELECT corpus, count(*) AS n FROM audit_image_sizes GROUP BY corpus ORDER BY corpus"),
+    ("Classes of the synthetic classification set",
+     "SELECT class, count(*) AS images FROM samples WHERE corpus = 'synth_cls' GROUP BY class ORDER BY class"),
+]
+
+
+def run(store_dir: str, data: str | None, synth_dir: Path, quiet: bool = False) -> None:
+    from clipstore.ingest.pipeline import ingest
+    from clipstore.ingest.synth import write_synthetic
+    from clipstore.project import ingest_all, load
+    from clipstore.warehouse.sql import query, render
+    from clipstore.warehouse.store import Store
+
+    t0 = time.monotonic()
+    store = Store(store_dir)
+    print(f"== clipstore demo: store {store.root}")
+    project = load(data_root=data)
+    print(f"-- ingesting {len(project.corpora)} corpora from {project.data_root}")
+    ingest_all(store, project, progress=not quiet)
+    if not (synth_dir / "synth.json").exists():
+        print(f"-- writing the synthetic learnable corpus to {synth_dir}")
+        write_synthetic(synth_dir, seed=0)
+    ingest(store, "karpathy", synth_dir / "captions", name="synth", progress=not quiet)
+    ingest(store, "imagefolder", synth_dir / "classification", name="synth_cls", progress=not quiet)
+    for title, sql in QUESTIONS:
+        print(f"\n-- {title}\n{sql.strip() if len(sql) < 120 else ''}".rstrip())
+        sys.stdout.write(render(query(store, sql)))
+    print(f"\n== done in {time.monotonic() - t0:.1f}s; explore with: clipstore --store {store.root} sql \"...\"")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m clipstore.demo", description=__doc__)
+    ap.add_argument("--store", default="store")
+    ap.add_argument("--data", default=None, help="data root (default: clipstore.toml's [data].root)")
+    ap.add_argument("--synth-dir", type=Path, default=Path("out/synth"))
+    ap.add_argument("-q", "--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        run(args.store, args.data, args.synth_dir, args.quiet)
+    except ClipstoreError as exc:
+        print(f"clipstore: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
