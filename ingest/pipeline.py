@@ -64,7 +64,7 @@ def _run(store: Store, builder: ArtifactBuilder, source, name: str, image_option
     class_index = {c["class"]: c["class_index"] for c in classes}
     classes_changed = bool(classes) and _committed_classes(builder) != [(c["class"], c["name"]) for c in classes]
     out_dir = builder.temp_dir("parts")
-    next_part = builder.next_part()
+    first_part = next_part = builder.next_part()
     totals: Counter = Counter()
     bar = _progress(progress, name)
 
@@ -80,7 +80,7 @@ def _run(store: Store, builder: ArtifactBuilder, source, name: str, image_option
     for entry, outcome in _outcomes(entries, image_options, keep_missing, workers):
         if writer is None:
             writer = PartWriter(next_part, name, out_dir, class_index,
-                                classes if classes_changed and next_part == builder.next_part() else None)
+                                classes if classes_changed and next_part == first_part else None)
         writer.add(entry, outcome)
         if bar is not None:
             bar.update()

@@ -135,3 +135,38 @@ def read_image_map(path: Path) -> dict[str, str]:
             raise InputError(f"{cols[0]!r} is mapped twice (line {n})", where=str(path))
         mapping[cols[0]] = cols[1]
     return mapping
+
+
+def image_folder(root: Path, options: IngestOptions, names: tuple[str, ...]) -> tuple[Path, list[str]]:
+    """The image folder: --images, else the first standard name present below root (else the first
+    standard name, so that every image reads as missing), with a note when it does not exist."""
+    folder = options.images or find_first(root, names) or root / names[0]
+    notes = [] if folder.is_dir() else [f"image folder {folder} does not exist: every image is missing"]
+    return folder, notes
+
+
+def load_image_map(options: IngestOptions) -> dict[str, str] | None:
+    return read_image_map(options.image_map) if options.image_map else None
+
+
+def mapped_record(image_root: Path, name: str, source_key: str, mapping: dict[str, str] | None,
+                  **fields) -> SourceRecord | Reject:
+    """record_with_image for a name as the annotation gives it, through the --image-map when given."""
+    if mapping is None:
+        return record_with_image(image_root, name, source_key, **fields)
+    target = mapping.get(name)
+    if target is None:
+        return Reject(source_key, f"{name} is not in the --image-map file")
+    fields["meta"] = {**fields.get("meta", {}), "image_path": target}
+    return record_with_image(image_root, target, source_key, **fields)
+
+
+SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val", "training": "train", "testing": "test"}
+
+
+def canonical_split(name: str | None) -> str | None:
+    """train/val/test as the rest of clipstore names them ('validation' -> 'val')."""
+    if name is None:
+        return None
+    lowered = name.strip().lower()
+    return SPLIT_ALIASES.get(lowered, lowered)
