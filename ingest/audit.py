@@ -5,8 +5,7 @@ unusual size. The rows behind each count are listed by the `audit_*` SQL views
 
 from __future__ import annotations
 
-from clipstore.warehouse.sql import query
-from clipstore.warehouse.store import Store
+from clipstore.warehouse.sql import Session
 
 # metric -> (tables it needs, scalar SQL over the corpus `$corpus`)
 _IMAGE_METRICS = {
@@ -50,7 +49,7 @@ _GROUPS = ((("samples",), _IMAGE_METRICS), (("captions", "audit_junk_captions"),
            (("images", "audit_image_sizes"), _SIZE_METRICS))
 
 
-def corpus_audit(store: Store, corpus: str, tables: set[str]) -> dict:
+def corpus_audit(session: Session, corpus: str, tables: set[str]) -> dict:
     """Audit counts of `corpus`, in one query; `tables` = the tables and views that exist. A
     metric whose tables are missing counts 0 (modal_size: None, also when there are no images)."""
     metrics: dict[str, str] = {}
@@ -61,5 +60,5 @@ def corpus_audit(store: Store, corpus: str, tables: set[str]) -> dict:
     audit["modal_size"] = None
     if metrics:
         select = ", ".join(f"({sql}) AS {name}" for name, sql in metrics.items())
-        audit.update(query(store, f"SELECT {select}", {"corpus": corpus}).to_pylist()[0])
+        audit.update(session.query(f"SELECT {select}", {"corpus": corpus}).to_pylist()[0])
     return audit

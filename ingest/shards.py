@@ -1,20 +1,21 @@
 """Deterministic webdataset tars: members of a sample are adjacent and share the key prefix, and
-every header is fixed (mtime, owner, mode), so the same samples give the same bytes."""
+every header is fixed (mtime, owner, mode), so the same samples give the same bytes. Headers come
+from tarfile; data is written in one call per member (tarfile's copy loop is the slow part)."""
 
 from __future__ import annotations
 
-import io
 import tarfile
 from pathlib import Path
 
 FIXED_MTIME = 946684800  # 2000-01-01: a constant, so that tars are reproducible
+BLOCK, RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
 
 
 class ShardWriter:
     def __init__(self, path: Path):
         self.path = path
-        self._file = open(path, "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._file = open(path, "wb", buffering=1 << 20)
+        self._pos = 0
         self.count = 0
 
     def write(self, key: str, members: dict[str, bytes]) -> dict[str, tuple[int, int]]:
@@ -24,19 +25,25 @@ class ShardWriter:
         where = {}
         for ext, data in members.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mtime = FIXED_MTIME
-            info.mode = 0o444
+            info.size, info.mtime, info.mode = len(data), FIXED_MTIME, 0o444
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            header_at = self._tar.offset
-            self._tar.addfile(info, io.BytesIO(data))
-            where[ext] = (header_at + tarfile.BLOCKSIZE, len(data))
+            header = info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+            self._emit(header)
+            where[ext] = (self._pos, len(data))
+            self._emit(data)
+            self._emit(b"\0" * (-len(data) % BLOCK))
         self.count += 1
         return where
 
+    def _emit(self, data: bytes) -> None:
+        self._file.write(data)
+        self._pos += len(data)
+
     def close(self) -> None:
-        self._tar.close()
+        """End-of-archive marker and padding to a whole record, exactly as tarfile writes them."""
+        self._emit(b"\0" * (2 * BLOCK))
+        self._emit(b"\0" * (-self._pos % RECORD))
         self._file.close()
 
     def __enter__(self):

@@ -82,26 +82,44 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
                 fix="use SELECT (or EXPLAIN); the store changes only through clipstore's stages")
 
 
-def query(store: Store, sql: str, params: list | dict | None = None) -> pa.Table:
-    """Run one read-only statement (bound parameters allowed) and return an Arrow table."""
-    from clipstore.warehouse.views import derived_views  # audit views over the data tables
+class Session:
+    """One read-only connection with every view in place, for running several queries."""
 
-    con = open_views(store)
-    try:
-        for name, select in derived_views(con).items():
-            con.execute(f'CREATE VIEW "{name}" AS {select}')
-        con.execute("SET lock_configuration = true")
-        check_read_only(con, sql)
+    def __init__(self, store: Store):
+        from clipstore.warehouse.views import derived_views  # audit views over the data tables
+        self.con = open_views(store)
+        for name, select in derived_views(self.con).items():
+            self.con.execute(f'CREATE VIEW "{name}" AS {select}')
+        self.con.execute("SET lock_configuration = true")
+
+    def tables(self) -> set[str]:
+        return {r[0] for r in self.con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+
+    def query(self, sql: str, params: list | dict | None = None) -> pa.Table:
+        check_read_only(self.con, sql)
         try:
-            return con.sql(sql, params=params or None).to_arrow_table()
+            return self.con.sql(sql, params=params or None).to_arrow_table()
         except duckdb.CatalogException as exc:
             raise ClipstoreError(f"{exc}".splitlines()[0],
                                  fix="`clipstore sql \"SHOW TABLES\"` lists what exists; a table appears once "
                                      "a stage has written it (e.g. samples after an ingest)") from None
         except duckdb.Error as exc:
             raise ClipstoreError(f"query failed: {str(exc).splitlines()[0]}", where=sql.strip()[:200]) from None
-    finally:
-        con.close()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def query(store: Store, sql: str, params: list | dict | None = None) -> pa.Table:
+    """Run one read-only statement (bound parameters allowed) and return an Arrow table."""
+    with Session(store) as session:
+        return session.query(sql, params)
 
 
 def render(table: pa.Table, fmt: str = "table", output: str | Path | None = None, max_rows: int = 200) -> str | None:

@@ -51,6 +51,17 @@ def find_first(root: Path, names: Iterable[str]) -> Path | None:
     return None
 
 
+def locate_annotation(path: Path, names: tuple[str, ...], what: str, layout: str) -> tuple[Path, Path]:
+    """(annotation file, corpus root) for a PATH that is either the root or the file itself."""
+    require_path(path, what, layout)
+    if path.is_file():
+        return path, path.parent
+    found = find_first(path, names)
+    if found is None:
+        raise InputError(f"no {' or '.join(names)} in {path}", where=str(path), fix=f"expected layout: {layout}")
+    return found, path
+
+
 def read_text(path: Path, encoding: str = "utf-8") -> str:
     data = path.read_bytes()
     try:

@@ -17,8 +17,9 @@ import io
 import re
 from pathlib import Path
 
-from clipstore.ingest.adapters.base import (Adapter, IngestOptions, Source, canonical_split, find_first, image_folder,
-                                            load_json, read_lines, read_text, record_with_image, require_path)
+from clipstore.ingest.adapters.base import (Adapter, IngestOptions, Source, canonical_split, image_folder,
+                                            load_json, locate_annotation, read_lines, read_text, record_with_image,
+                                            require_path)
 from clipstore.ingest.records import ImageRef, Reject, SourceRecord
 from clipstore.warehouse.errors import InputError
 
@@ -302,12 +303,7 @@ class FashionProductsAdapter(Adapter):
               "ROOT/<filename> or ROOT/images/<id>.jpg; PATH may be the CSV; --images DIR: images by base name there")
 
     def open(self, path: Path, options: IngestOptions) -> Source:
-        require_path(path, "fashion_products corpus", self.layout)
-        csv_path = path if path.is_file() else find_first(path, PRODUCT_CSVS)
-        if csv_path is None:
-            raise InputError(f"no {' or '.join(PRODUCT_CSVS)} in {path}", where=str(path),
-                             fix=f"expected layout: {self.layout}")
-        root = csv_path.parent
+        csv_path, root = locate_annotation(path, PRODUCT_CSVS, "fashion_products corpus", self.layout)
         rows = list(csv.reader(io.StringIO(read_text(csv_path, "utf-8-sig"), newline="")))
         if not rows:
             raise InputError(f"{csv_path.name} is empty", where=str(csv_path), fix=f"expected layout: {self.layout}")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clipstore.ingest.adapters.base import (Adapter, IngestOptions, Source, find_first, load_json,
-                                            read_image_map, record_with_image, require_path)
-from clipstore.ingest.records import Reject, SourceRecord
+from clipstore.ingest.adapters.base import (Adapter, IngestOptions, Source, image_folder, load_image_map,
+                                            load_json, locate_annotation, mapped_record)
+from clipstore.ingest.records import Reject
 from clipstore.warehouse.errors import InputError
 
 
@@ -21,22 +21,13 @@ class KarpathyAdapter(Adapter):
                        "or PATH = the JSON file itself; --images DIR overrides the image folder")
 
     def open(self, path: Path, options: IngestOptions) -> Source:
-        require_path(path, f"{self.format} corpus", self.layout)
-        if path.is_dir():
-            annotation = find_first(path, self.annotation_names)
-            if annotation is None:
-                raise InputError(f"no annotation file in {path}", where=str(path),
-                                 fix=f"expected one of {', '.join(self.annotation_names)}; layout: {self.layout}")
-            root = path
-        else:
-            annotation, root = path, path.parent
-        image_root = options.images or find_first(root, self.image_dirs) or root / self.image_dirs[0]
-        mapping = read_image_map(options.image_map) if options.image_map else None
+        annotation, root = locate_annotation(path, self.annotation_names, f"{self.format} corpus", self.layout)
+        image_root, notes = image_folder(root, options, self.image_dirs)
+        mapping = load_image_map(options)
         doc = load_json(annotation)
         if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
             raise InputError(f"{annotation.name} is not a Karpathy caption file: no top-level 'images' list",
                              where=str(annotation), fix='expected {"images": [{"filename", "split", "sentences"}]}')
-        notes = [] if image_root.is_dir() else [f"image folder {image_root} does not exist: every image is missing"]
         return Source(records=self._records(doc["images"], image_root, mapping), files=[annotation],
                       image_root=image_root, notes=notes)
 
@@ -67,16 +58,11 @@ class KarpathyAdapter(Adapter):
             if bad:
                 yield Reject(filename, bad)
                 continue
-            target = mapping.get(filename) if mapping is not None else filename
-            if target is None:
-                yield Reject(filename, f"{filename} is not in the --image-map file")
-                continue
-            label = Path(target).parent.name if mapping is not None and Path(target).parent.name else None
-            meta = {"imgid": entry.get("imgid"), "sentids": sentids}
-            if mapping is not None:
-                meta["image_path"] = target
-            yield record_with_image(image_root, target, filename, captions=captions,
-                                    split=entry.get("split"), label=label, meta=meta)
+            target = mapping.get(filename) if mapping is not None else None
+            label = Path(target).parent.name or None if target else None  # UC Merced maps into class folders
+            yield mapped_record(image_root, filename, filename, mapping, captions=captions,
+                                split=entry.get("split"), label=label,
+                                meta={"imgid": entry.get("imgid"), "sentids": sentids})
 
 
 RSICD = KarpathyAdapter("rsicd", ("dataset_rsicd.json", "dataset_rsicd.reconstructed.json", "dataset.json"),

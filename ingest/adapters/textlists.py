@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from clipstore.ingest.adapters.base import (Adapter, IngestOptions, Source, find_first, image_folder,
+from clipstore.ingest.adapters.base import (Adapter, IngestOptions, Source, find_first, image_folder, locate_annotation,
                                             load_image_map, mapped_record, read_lines, require_path)
 from clipstore.ingest.records import Reject
 from clipstore.warehouse.errors import InputError
@@ -34,15 +34,7 @@ class SydneyTxtAdapter(Adapter):
               "the image folder")
 
     def open(self, path: Path, options: IngestOptions) -> Source:
-        require_path(path, "sydney_txt corpus", self.layout)
-        if path.is_dir():
-            descriptions = find_first(path, DESCRIPTION_FILES)
-            if descriptions is None:
-                raise InputError(f"no {DESCRIPTION_FILES[0]} in {path}", where=str(path),
-                                 fix=f"expected layout: {self.layout}")
-            root = path
-        else:
-            descriptions, root = path, path.parent
+        descriptions, root = locate_annotation(path, DESCRIPTION_FILES, "sydney_txt corpus", self.layout)
         image_root, notes = image_folder(root, options, ("images", "imgs"))
         split_of, conflicts, split_files = read_split_lists(root)
         if not split_files:
