@@ -7,7 +7,7 @@ STORE  ?= store
 DATA   ?= ../shared/data
 CLI    := $(BIN)/clipstore --store $(STORE)
 
-.PHONY: venv demo test test-quick ingest bench clean
+.PHONY: venv demo test ingest bench clean
 
 venv: $(STAMP)
 
