@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -29,13 +30,14 @@ class Source:
     notes: list[str] = field(default_factory=list)
 
 
-class Adapter:
+class Adapter(ABC):
     format: str = ""
     summary: str = ""
     layout: str = ""          # the expected raw layout, shown by `doctor` and errors
 
+    @abstractmethod
     def open(self, path: Path, options: IngestOptions) -> Source:
-        raise NotImplementedError
+        """Resolve the raw layout at `path` (InputError when unusable) and return its records."""
 
 
 def require_path(path: Path, what: str, layout: str) -> Path:
