@@ -152,10 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def exit_code_of(action, *args) -> int:
+    """Run a command body; our own errors print as one message (no traceback) with their exit code."""
     try:
-        args.func(args)
+        action(*args)
     except ClipstoreError as exc:
         print(f"clipstore: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -163,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         print("clipstore: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return exit_code_of(args.func, args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from clipstore.warehouse.errors import ClipstoreError
+from clipstore.cli import exit_code_of
 
 QUESTIONS = [
     ("Corpora in the store",
@@ -68,12 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synth-dir", type=Path, default=Path("out/synth"))
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
-    try:
-        run(args.store, args.data, args.synth_dir, args.quiet)
-    except ClipstoreError as exc:
-        print(f"clipstore: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return exit_code_of(run, args.store, args.data, args.synth_dir, args.quiet)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipstore.warehouse.errors import ClipstoreError, InputError
+from clipstore.warehouse.errors import InputError
 
 DEFAULT_CONFIG = Path("clipstore.toml")
 PATH_OPTIONS = ("images", "image_map")
@@ -70,16 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", default=None)
     ap.add_argument("--data", default=None, help="data root (default: [data].root of the project file)")
     args = ap.parse_args(argv)
+    from clipstore.cli import exit_code_of
     from clipstore.warehouse.store import Store
-    try:
-        project = load(args.config, args.data)
-        for art in ingest_all(Store(args.store), project):
+
+    def ingest_and_report() -> None:
+        for art in ingest_all(Store(args.store), load(args.config, args.data)):
             counts = ", ".join(f"{k}={v}" for k, v in art.counts.items() if not isinstance(v, dict))
             print(f"{art.kind:<7} {art.name:<18} {counts}  [{art.artifact_id}]")
-    except ClipstoreError as exc:
-        print(f"clipstore: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+
+    return exit_code_of(ingest_and_report)
 
 
 if __name__ == "__main__":
