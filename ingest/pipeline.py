@@ -48,7 +48,7 @@ def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str |
               "image_map": str(options.image_map.resolve()) if options.image_map else None,
               "keep_missing": keep_missing, "preset": options.preset, "shard_size": shard_size,
               "keep_original": keep_original, "max_pixels": max_pixels, "png_level": png_level}
-    workers = os.cpu_count() or 1 if workers is None else workers
+    workers = (os.cpu_count() or 1) if workers is None else workers
     with store.writing(wait=wait):
         builder = store.begin(kind="corpus", name=name, stage="ingest", params=params,
                               tables=tables.CORPUS_TABLES, config={**params, "workers": workers})
