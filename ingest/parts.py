@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from clipstore.ingest import tables
@@ -60,11 +61,16 @@ def read_image_bytes(ref: ImageRef, png_level: int) -> bytes:
     if ref.path is not None:
         return ref.path.read_bytes()
     if ref.h5 is not None:
-        import h5py
         file, dataset, row = ref.h5
-        with h5py.File(file, "r") as f:
-            return encode_array_png(f[dataset][row], png_level)
+        return encode_array_png(_open_h5(file)[dataset][row], png_level)
     return ref.data or b""
+
+
+@lru_cache(maxsize=8)
+def _open_h5(file: str):
+    """One read-only handle per HDF5 file per worker, not one open per image row."""
+    import h5py
+    return h5py.File(file, "r")
 
 
 def outcome_without_image(item: SourceRecord | Reject, keep_missing: bool) -> Outcome | None:

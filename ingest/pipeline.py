@@ -107,12 +107,11 @@ def _run(store: Store, builder: ArtifactBuilder, source, name: str, image_option
 
 def _committed_states(builder: ArtifactBuilder) -> dict[str, str]:
     paths = [p for _, _, p in builder.committed_parts("ingest_ledger")]
-    table = tables.read_parquet(paths, columns=["source_key", "state", "part"])
-    states: dict[str, str] = {}
-    for key, state in zip(table.column("source_key").to_pylist() if paths else [],
-                          table.column("state").to_pylist() if paths else []):
-        states[key] = state  # parts are read in order: the latest state wins
-    return states
+    if not paths:
+        return {}
+    table = tables.read_parquet(paths, columns=["source_key", "state"])
+    # parts are read in order, so a later state of the same key overwrites an earlier one
+    return dict(zip(table.column("source_key").to_pylist(), table.column("state").to_pylist()))
 
 
 def _committed_classes(builder: ArtifactBuilder) -> list[tuple[str, str]]:

@@ -93,7 +93,8 @@ class Session:
         self.con.execute("SET lock_configuration = true")
 
     def tables(self) -> set[str]:
-        return {r[0] for r in self.con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        from clipstore.warehouse.views import existing_views
+        return existing_views(self.con)
 
     def query(self, sql: str, params: list | dict | None = None) -> pa.Table:
         check_read_only(self.con, sql)

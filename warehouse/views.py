@@ -147,11 +147,11 @@ def audit_image_sizes() -> str:
         ORDER BY i.corpus, i.source_key"""
 
 
-def _existing(con: duckdb.DuckDBPyConnection) -> set[str]:
+def existing_views(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
 
 
 def derived_views(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     """View name -> SELECT, for every derived view whose base tables exist in this session."""
-    have = _existing(con)
+    have = existing_views(con)
     return {name: build() for name, (needs, build) in _VIEWS.items() if needs <= have}
