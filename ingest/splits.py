@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from clipstore.ingest.tables import write_parquet
+from clipstore.warehouse.parquet import write_parquet
 from clipstore.warehouse.errors import InputError, NotFoundError
 from clipstore.warehouse.hashing import digest
 from clipstore.warehouse.sql import query
@@ -96,7 +96,7 @@ def make_split(store: Store, name: str, *, corpora: list[str], unlabeled_corpora
         params = {"corpora": list(corpora), "unlabeled_corpora": unlabeled_corpora, "labeled_ratio": labeled_ratio,
                   "seed": seed, "compat": compat, "unit": UNIT,
                   # a corpus that gained data keeps its artifact id but not its parts
-                  "input_versions": _input_versions(store, inputs)}
+                  "input_versions": store.versions([a.artifact_id for a in inputs.values()])}
         builder = store.begin(kind="split", name=name, stage="split", params=params,
                               inputs=[a.artifact_id for a in inputs.values()], tables=SPLIT_TABLES, config=params)
         with builder.failing_on_error():
@@ -240,14 +240,6 @@ def _resolve_corpora(store: Store, names: list[str]) -> dict[str, Artifact]:
         raise NotFoundError(f"no corpus {', '.join(map(repr, missing))} in the store (corpora: {have})",
                             where=str(store.root), fix="ingest it first (`clipstore ingest FORMAT PATH --name NAME`)")
     return {n: found[n] for n in names}
-
-
-def _input_versions(store: Store, inputs: dict[str, Artifact]) -> dict[str, str]:
-    """artifact id -> digest of its committed parts (parts are immutable; new data = new parts)."""
-    with store.connect() as con:
-        return {a.artifact_id: digest(con.execute(
-            "SELECT part, table_name, sha256 FROM parts WHERE artifact_id = ? ORDER BY part, table_name",
-            [a.artifact_id]).fetchall()) for a in inputs.values()}
 
 
 def _load_entries(store: Store, inputs: dict[str, Artifact]) -> dict[str, list[Entry]]:

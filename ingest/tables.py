@@ -1,11 +1,10 @@
-"""Arrow schemas of a corpus artifact's tables and their deterministic Parquet encoding."""
+"""Arrow schemas of a corpus artifact's tables."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from clipstore.warehouse.parquet import read_parquet, table_spec, write_parquet  # noqa: F401 (used as tables.*)
 
 SAMPLES = pa.schema([
     ("corpus", pa.string()), ("sample_id", pa.string()), ("image_id", pa.string()),
@@ -41,31 +40,12 @@ LEDGER = pa.schema([
 SCHEMAS = {"samples": SAMPLES, "images": IMAGES, "captions": CAPTIONS, "classes": CLASSES,
            "rejects": REJECTS, "ingest_ledger": LEDGER}
 
-_SQL_TYPES = {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN",
-              pa.float32(): "FLOAT", pa.float64(): "DOUBLE"}
-
-
-def sql_columns(schema: pa.Schema) -> dict[str, str]:
-    """Column -> SQL type, so that a table with no rows yet is still a (typed, empty) view."""
-    return {f.name: _SQL_TYPES[f.type] for f in schema}
-
 
 def declare(keys: dict[str, str | None]) -> dict[str, dict]:
     """Catalog table declarations: columns, and the key whose newest part supersedes older rows."""
-    return {name: {"key": key, "columns": sql_columns(SCHEMAS[name])} for name, key in keys.items()}
+    return {name: table_spec(SCHEMAS[name], key) for name, key in keys.items()}
 
 
 CORPUS_TABLES = declare({"samples": "source_key", "images": "source_key", "captions": "source_key",
                          "rejects": "source_key", "ingest_ledger": "source_key", "classes": "class"})
 
-
-def write_parquet(rows: list[dict], schema: pa.Schema, path: Path) -> int:
-    table = pa.Table.from_pylist(rows, schema=schema)
-    pq.write_table(table, str(path), compression="zstd", write_statistics=True)
-    return table.num_rows
-
-
-def read_parquet(paths: list[Path], columns: list[str] | None = None) -> pa.Table:
-    if not paths:
-        return pa.table({})
-    return pa.concat_tables([pq.read_table(str(p), columns=columns) for p in paths])

@@ -172,6 +172,14 @@ class Store:
         aid = artifact.artifact_id if isinstance(artifact, Artifact) else artifact
         return [p for _, _, p in self.parts(aid, table)]
 
+    def versions(self, artifact_ids: list[str]) -> dict[str, str]:
+        """artifact id -> digest of its committed parts. Parts are immutable and new data arrives
+        as new parts, so a recipe that lists its inputs' versions changes exactly when they do."""
+        with self.connect() as con:
+            return {aid: digest(con.execute(
+                "SELECT part, table_name, sha256 FROM parts WHERE artifact_id = ? ORDER BY part, table_name",
+                [aid]).fetchall()) for aid in artifact_ids}
+
     def lineage(self, artifact_id: str) -> list[tuple[str, str]]:
         with self.connect() as con:
             return con.execute("SELECT input_id, role FROM lineage WHERE artifact_id = ? ORDER BY role, input_id",

@@ -1,0 +1,1 @@
+"""Features: model registry, embedding cache, exact kNN and FAISS indexes, the kNN graph."""

@@ -1,0 +1,53 @@
+"""Writing a vocabulary version: one artifact of kind "vocab" whose tables land in one part."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from clipstore.mining.scope import Scope
+from clipstore.mining.tables import SCHEMAS
+from clipstore.warehouse.parquet import write_table
+from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
+
+
+def vocab_name(kind: str, scope_label: str) -> str:
+    """`keywords.rs_all.labeled`, `classnames.ucm_cls+rsicd_cls`, `concepts.ucm_captions`."""
+    return f"{kind}.{scope_label}"
+
+
+def begin_vocab(store: Store, kind: str, name: str, params: dict, scope: Scope | None, tables: dict,
+                extra_inputs: list[str] | None = None) -> ArtifactBuilder:
+    """Start the artifact of this vocabulary recipe (call inside `store.writing()`)."""
+    full = {**params, **(scope.params() if scope else {})}
+    inputs = (scope.input_ids if scope else []) + list(extra_inputs or [])
+    return store.begin(kind="vocab", name=name, stage=f"mine {kind}", params=full, inputs=inputs,
+                       tables=tables, config=full)
+
+
+def vocabulary_row(builder: ArtifactBuilder, kind: str, scope_label: str, method: str, params: dict,
+                   n_entries: int) -> dict:
+    return {"vocab_id": builder.artifact_id, "vocab": builder.name, "kind": kind, "scope": scope_label,
+            "method": method, "params": json.dumps(params, sort_keys=True, default=str), "n_entries": n_entries}
+
+
+def commit_tables(builder: ArtifactBuilder, tables: dict[str, pa.Table | list[dict]], part: int = 0) -> dict[str, int]:
+    """Publish the vocabulary's tables as one part; returns rows per table."""
+    tmp = builder.temp_dir(f"part-{part:06d}")
+    files, counts = {}, {}
+    for name, data in tables.items():
+        table = data if isinstance(data, pa.Table) else pa.Table.from_pylist(data, schema=SCHEMAS[name])
+        path = tmp / f"{name}.parquet"
+        counts[name] = write_table(table.cast(SCHEMAS[name]), path)
+        files[name] = (path, counts[name])
+    builder.commit_part(part, files)
+    return counts
+
+
+def reuse_if_complete(builder: ArtifactBuilder, store: Store) -> Artifact | None:
+    """The finished artifact when this exact recipe already completed (re-mining does nothing)."""
+    if not builder.complete:
+        return None
+    done = store.get(builder.artifact_id)
+    return builder.finish(done.counts, done.stats, summary={"reused": True}, noop=True)
