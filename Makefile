@@ -7,7 +7,7 @@ STORE  ?= store
 DATA   ?= ../shared/data
 CLI    := $(BIN)/clipstore --store $(STORE)
 
-.PHONY: venv demo test ingest bench clean
+.PHONY: venv demo test ingest mine embed bench clean
 
 venv: $(STAMP)
 
@@ -27,8 +27,16 @@ test: $(STAMP)
 ingest: $(STAMP)
 	$(BIN)/python -m clipstore.project ingest --store $(STORE) --data $(DATA)
 
+mine: ingest
+	$(BIN)/python -m clipstore.project mine --store $(STORE) --data $(DATA)
+
+embed: ingest
+	$(BIN)/python -m clipstore.project embed --store $(STORE) --data $(DATA)
+
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/mining.py
+	$(BIN)/python bench/embed.py
 
 clean:
 	rm -rf $(STORE) build *.egg-info

@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compat", choices=["sclip"], help="reproduce the S-CLIP code's torch.randperm selection")
     s.set_defaults(func=cmd_split)
 
+    from clipstore import cli_features, cli_mining
+    cli_mining.add_parsers(sub)
+    cli_features.add_parsers(sub)
+
     s = sub.add_parser("sql", help="read-only SQL over the store")
     s.add_argument("query")
     s.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])

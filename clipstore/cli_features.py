@@ -1,0 +1,116 @@
+"""`clipstore embed | index | knn | neighbors`: the features stage's subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+MODALITIES = ("image", "caption", "keyword", "concept", "classname")
+
+
+def _store(args, create: bool = True):
+    from clipstore.warehouse.store import Store
+    return Store(args.store, create=create)
+
+
+def _modalities(text: str) -> list[str]:
+    chosen = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in MODALITIES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown modality {', '.join(unknown) or text!r}; "
+                                         f"choose from {', '.join(MODALITIES)}")
+    return chosen
+
+
+def _model_spec(args):
+    from clipstore.features.models import ModelSpec
+    return ModelSpec(model=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
+                     allow_download=args.allow_download, precision=args.precision, device=args.device)
+
+
+def cmd_embed(args) -> None:
+    from clipstore.features.embed import embed
+    t0 = time.monotonic()
+    arts = embed(_store(args), model=_model_spec(args), corpus=args.corpus, modality=tuple(args.modality),
+                 vocab=args.vocab, classnames_corpus=args.classnames_corpus, templates=args.templates,
+                 views=args.views, augment=args.augment, seed=args.seed, batch_size=args.batch_size,
+                 workers=args.workers, wait=args.wait, progress=not args.quiet)
+    for art in arts:
+        counts = ", ".join(f"{k} {v}" for k, v in art.counts.items() if not isinstance(v, dict))
+        print(f"embed {art.name}: {counts} -> {art.artifact_id}")
+    print(f"({time.monotonic() - t0:.1f}s)")
+
+
+def cmd_index(args) -> None:
+    from clipstore.features.index import build_index
+    t0 = time.monotonic()
+    art = build_index(_store(args), args.embeddings, args.factory, modality=args.modality, nprobe=args.nprobe,
+                      ef_search=args.ef_search, recall_k=args.recall_k, wait=args.wait)
+    recall = art.stats.get("recall")
+    print(f"index {art.name}: {art.counts} recall={recall} in {time.monotonic() - t0:.1f}s -> {art.artifact_id}")
+
+
+def cmd_knn(args) -> None:
+    from clipstore.features.graph import build_knn_graph
+    t0 = time.monotonic()
+    art = build_knn_graph(_store(args), args.embeddings, k=args.k, modality=args.modality, method=args.method,
+                          wait=args.wait)
+    print(f"knn {art.name}: {art.counts} in {time.monotonic() - t0:.1f}s -> {art.artifact_id}")
+
+
+def cmd_neighbors(args) -> None:
+    from clipstore.features.neighbors import neighbors, render_neighbors
+    sys.stdout.write(render_neighbors(neighbors(_store(args, create=False), args.sample_id, k=args.k,
+                                                model=args.model)))
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("embed", help="cache embeddings of images, captions, keywords, concepts, class prompts",
+                       description="Embed items with an open_clip model into the store's cache. Only items not yet "
+                                   "embedded for this model fingerprint are computed; a killed run resumes per shard.")
+    g = s.add_argument_group("model")
+    g.add_argument("--model", required=True, help="open_clip architecture (ViT-B-32, RN50, ...) or tiny-vit / tiny-rn")
+    g.add_argument("--pretrained", help="open_clip pretrained tag (e.g. openai); downloads need --allow-download")
+    g.add_argument("--allow-download", action="store_true", help="allow fetching pretrained weights from the hub")
+    g.add_argument("--checkpoint", type=Path, help="local weights: .safetensors, a torch state dict, or a clipstore "
+                                                   "trainer checkpoint (loaded with weights_only=True)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="autocast precision on GPU (CPU runs fp32)")
+    g.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when visible)")
+    g = s.add_argument_group("what to embed")
+    g.add_argument("--corpus", help="corpus whose images / captions / class names to embed")
+    g.add_argument("--modality", type=_modalities, default=["image"],
+                   help="comma list of image,caption,keyword,concept,classname (default image)")
+    g.add_argument("--vocab", help="vocabulary (id or name) for keyword / concept modalities")
+    g.add_argument("--classnames-corpus", help="classification corpus for class prompts (default --corpus)")
+    g.add_argument("--templates", default="default", help="class-prompt template set (default %(default)s)")
+    g.add_argument("--views", type=int, default=0, help="augmented views per image besides the plain one")
+    g.add_argument("--augment", help="augmentation spec for the views, e.g. rot90,flip")
+    g.add_argument("--seed", type=int, default=0, help="seed of the augmented views")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--workers", type=int, help="image decoding processes (default: chosen from the CPU count)")
+    s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("index", help="a FAISS index over cached embeddings, with measured recall")
+    s.add_argument("--embeddings", required=True, help="embeddings artifact (id or name)")
+    s.add_argument("--factory", default="Flat", help='FAISS factory string: "Flat", "IVF256,Flat", "HNSW32", ...')
+    s.add_argument("--modality", help="only items of this modality")
+    s.add_argument("--nprobe", type=int, help="IVF cells probed at search time")
+    s.add_argument("--ef-search", type=int, help="HNSW efSearch")
+    s.add_argument("--recall-k", type=int, default=10, help="k of the recall@k recorded against exact search")
+    s.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("knn", help="materialise the kNN graph (ids, similarities) of cached embeddings")
+    s.add_argument("--embeddings", required=True, help="embeddings artifact (id or name)")
+    s.add_argument("--k", type=int, default=20)
+    s.add_argument("--modality", default="image")
+    s.add_argument("--method", default="exact", help='"exact" (blocked matmul) or a FAISS factory string')
+    s.set_defaults(func=cmd_knn)
+
+    s = sub.add_parser("neighbors", help="print a sample's nearest images and captions")
+    s.add_argument("sample_id")
+    s.add_argument("--k", type=int, default=5)
+    s.add_argument("--model", help="restrict to embeddings of this model")
+    s.set_defaults(func=cmd_neighbors)

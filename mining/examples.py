@@ -1,0 +1,56 @@
+"""Example questions over the mined tables: printed by `make demo`, shown with their real output
+in the README, and timed over a 1M-caption store by bench/mining.py. One definition serves all
+three, with the vocabulary, split and corpus names as bound parameters."""
+
+from __future__ import annotations
+
+# The names `make mine` gives the vocabularies over the shared data (clipstore.toml).
+REAL_STORE = {"keywords": "keywords.sclip", "concepts": "concepts.ucm_captions", "split": "rs_all",
+              "corpus": "ucm_captions", "concept": "airport", "cooc_concepts": "concepts.rsicd"}
+
+QUERIES: list[tuple[str, str]] = [
+    ("Most frequent keywords (captions containing each)",
+     """SELECT k.keyword, count(*) AS captions
+FROM caption_keywords ck JOIN keywords k USING (vocab_id, keyword_id)
+JOIN vocabularies v USING (vocab_id) WHERE v.vocab = $keywords
+GROUP BY k.keyword ORDER BY captions DESC, k.keyword LIMIT 10"""),
+    ("Keyword coverage per split role (captions with at least one keyword)",
+     """WITH hit AS (SELECT DISTINCT caption_id FROM caption_keywords JOIN vocabularies v USING (vocab_id)
+             WHERE v.vocab = $keywords)
+SELECT s.role, count(*) AS captions, count(hit.caption_id) AS with_keyword,
+       round(100.0 * count(hit.caption_id) / count(*), 1) AS pct
+FROM captions c JOIN splits s ON s.sample_id = c.sample_id AND s.split = $split
+LEFT JOIN hit ON hit.caption_id = c.caption_id
+GROUP BY s.role ORDER BY s.role"""),
+    ("Images whose captions hit no keyword (empty candidate sets)",
+     """SELECT ik.corpus, count(*) AS images, any_value(c.text) AS example_caption
+FROM image_keywords ik JOIN vocabularies v USING (vocab_id)
+JOIN captions c ON c.sample_id = ik.sample_id AND c.ordinal = 0
+WHERE v.vocab = $keywords AND ik.n_keywords = 0
+GROUP BY ik.corpus ORDER BY ik.corpus"""),
+    ("Concepts co-occurring with a concept (images sharing both)",
+     """WITH vocab AS (SELECT vocab_id FROM vocabularies WHERE vocab = $cooc_concepts),
+     ic AS (SELECT sample_id, concept FROM image_concepts JOIN concepts USING (vocab_id, concept_id)
+            WHERE vocab_id = (SELECT vocab_id FROM vocab))
+SELECT b.concept, count(*) AS images
+FROM ic a JOIN ic b ON a.sample_id = b.sample_id AND b.concept <> a.concept
+WHERE a.concept = $concept GROUP BY b.concept ORDER BY images DESC, b.concept LIMIT 10"""),
+    ("Concept document frequency per class (top 2 per class)",
+     """WITH per_class AS (SELECT class, count(*) AS n FROM samples WHERE corpus = $corpus GROUP BY class)
+SELECT m.class, cn.concept, count(*) AS images, round(count(*) / any_value(p.n), 2) AS df
+FROM image_concepts ic JOIN concepts cn USING (vocab_id, concept_id)
+JOIN vocabularies v USING (vocab_id) JOIN samples m ON m.sample_id = ic.sample_id
+JOIN per_class p ON p.class = m.class
+WHERE v.vocab = $concepts
+GROUP BY m.class, cn.concept
+QUALIFY row_number() OVER (PARTITION BY m.class ORDER BY count(*) DESC, cn.concept) <= 2
+ORDER BY m.class, images DESC LIMIT 12"""),
+    ("Captions shared by the most images",
+     """SELECT text, count(DISTINCT sample_id) AS images FROM captions WHERE corpus = $corpus
+GROUP BY text ORDER BY images DESC, text LIMIT 5"""),
+]
+
+
+def bind(sql: str, names: dict) -> dict:
+    """The parameters a query uses, taken from `names` (DuckDB refuses unused named parameters)."""
+    return {k: v for k, v in names.items() if f"${k}" in sql}
