@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from clipstore.warehouse.errors import InputError
+
 
 def _store(args):
     from clipstore.warehouse.store import Store
@@ -15,7 +17,7 @@ def _store(args):
 def _scope_options(s: argparse.ArgumentParser, what: str) -> None:
     g = s.add_argument_group(f"captions to {what} (a split role, or whole corpora)")
     g.add_argument("--split", help="split name, e.g. rs_all")
-    g.add_argument("--role", choices=["labeled", "unlabeled", "val", "test"], help="role in the split (default labeled)")
+    g.add_argument("--role", choices=["labeled", "unlabeled", "train", "val", "test"], help="role in the split (train = labeled + unlabeled)")
     g.add_argument("--corpus", action="append", default=[], help="corpus (repeat for several); caption-only corpora count")
     g.add_argument("--source-split", choices=["train", "val", "test"],
                    help="with --corpus: only the captions of the sources' own split (S-CLIP mines 'train')")
@@ -24,8 +26,15 @@ def _scope_options(s: argparse.ArgumentParser, what: str) -> None:
 def _match_options(s: argparse.ArgumentParser) -> None:
     g = s.add_argument_group("captions to match against the vocabulary (default: every caption of the scope's corpora)")
     g.add_argument("--match-split", help="match the captions of this split")
-    g.add_argument("--match-role", choices=["labeled", "unlabeled", "val", "test"])
+    g.add_argument("--match-role", choices=["labeled", "unlabeled", "train", "val", "test"])
     g.add_argument("--match-corpus", action="append", default=[], help="match the captions of this corpus (repeat)")
+
+
+def _export_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--export-sclip", type=Path, metavar="DIR",
+                   help="also write S-CLIP keyword files here (yake-50/100/200/300.txt: prefixes of one ranking)")
+    s.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 300], help="list sizes to export")
+    s.add_argument("--prefix", help="file name prefix (default: yake, class-name or keywords by origin)")
 
 
 def _summary(kind: str, art, t0: float) -> str:
@@ -35,29 +44,51 @@ def _summary(kind: str, art, t0: float) -> str:
 
 def cmd_keywords(args) -> None:
     from clipstore.mining.keywords import mine_keywords
-    from clipstore.mining.sclip_files import export_sclip, import_keywords
+    from clipstore.mining.sclip_files import import_keywords
     t0, store = time.monotonic(), _store(args)
     if args.import_files:
+        if not args.name:
+            raise InputError("an imported keyword list needs a name", fix="add --name NAME, e.g. --name keywords.sclip")
         art = import_keywords(store, args.import_files, name=args.name, match_split=args.match_split,
-                              match_role=args.match_role, match_corpora=args.match_corpus or None, wait=args.wait)
+                              match_role=args.match_role, match_corpora=args.match_corpus or None,
+                              prefix=args.prefix or "yake", wait=args.wait)
     else:
         art = mine_keywords(store, split=args.split, role=args.role, corpora=args.corpus or None,
                             source_split=args.source_split, top=args.top, ngram=args.ngram,
                             dedup_lim=args.dedup_lim, dedup_func=args.dedup_func, window=args.window,
-                            language=args.language, name=args.name, wait=args.wait, progress=not args.quiet)
-    print(_summary("keywords", art, t0))
+                            language=args.language, match_split=args.match_split, match_role=args.match_role,
+                            match_corpora=args.match_corpus or None, name=args.name, wait=args.wait,
+                            progress=not args.quiet)
+    _report("keywords", store, art, t0, args)
+
+
+def _report(kind: str, store, art, t0: float, args) -> None:
+    from clipstore.mining.sclip_files import export_sclip
+    print(_summary(kind, art, t0))
+    for note in art.stats.get("notes", []):
+        print(f"  note: {note}")
+    if art.stats.get("top"):
+        print("  top: " + ", ".join(art.stats["top"][:15]))
     if args.export_sclip:
-        for path in export_sclip(store, art.artifact_id, args.export_sclip, sizes=args.sizes):
+        for path in export_sclip(store, art.artifact_id, args.export_sclip, sizes=args.sizes, prefix=args.prefix):
             print(f"  wrote {path}")
 
 
 def cmd_classnames(args) -> None:
     from clipstore.mining.classnames import mine_classnames
-    t0 = time.monotonic()
-    art = mine_classnames(_store(args), args.corpus, normalise=not args.raw_names, name=args.name,
-                          match_split=args.match_split, match_role=args.match_role,
+    t0, store = time.monotonic(), _store(args)
+    overrides = dict(_pair(o) for o in args.override)
+    art = mine_classnames(store, args.corpus, normalise=not args.raw_names, overrides=overrides or None,
+                          name=args.name, match_split=args.match_split, match_role=args.match_role,
                           match_corpora=args.match_corpus or None, wait=args.wait)
-    print(_summary("classnames", art, t0))
+    _report("classnames", store, art, t0, args)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    raw, sep, name = text.partition("=")
+    if not sep or not raw.strip() or not name.strip():
+        raise InputError(f"--override {text!r} is not RAW=NAME", fix="e.g. --override playfields=playfields")
+    return raw.strip(), name.strip()
 
 
 def cmd_concepts(args) -> None:
@@ -96,8 +127,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--window", type=int, default=1, help="YAKE co-occurrence window (default %(default)s)")
     s.add_argument("--language", default="en")
     s.add_argument("--name", help="vocabulary name (default keywords.<scope>)")
-    s.add_argument("--export-sclip", type=Path, metavar="DIR", help="also write yake-50/100/200/300.txt here")
-    s.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 300], help="list sizes to export")
+    _export_options(s)
     s.add_argument("--import", dest="import_files", type=Path, nargs="+", metavar="FILE",
                    help="import S-CLIP keyword files (or a folder of them) instead of running YAKE; needs --name")
     s.set_defaults(func=cmd_keywords)
@@ -106,6 +136,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--corpus", action="append", required=True, help="classification corpus (repeat)")
     _match_options(s)
     s.add_argument("--raw-names", action="store_true", help="keep folder names verbatim (the public code's choice)")
+    s.add_argument("--override", action="append", default=[], metavar="RAW=NAME",
+                   help="fix one normalised name by hand (repeat), e.g. playfields=playfields")
+    _export_options(s)
     s.add_argument("--name", help="vocabulary name (default classnames.<corpora>)")
     s.set_defaults(func=cmd_classnames)
 

@@ -15,13 +15,11 @@ FROM caption_keywords ck JOIN keywords k USING (vocab_id, keyword_id)
 JOIN vocabularies v USING (vocab_id) WHERE v.vocab = $keywords
 GROUP BY k.keyword ORDER BY captions DESC, k.keyword LIMIT 10"""),
     ("Keyword coverage per split role (captions with at least one keyword)",
-     """WITH hit AS (SELECT DISTINCT caption_id FROM caption_keywords JOIN vocabularies v USING (vocab_id)
-             WHERE v.vocab = $keywords)
-SELECT s.role, count(*) AS captions, count(hit.caption_id) AS with_keyword,
-       round(100.0 * count(hit.caption_id) / count(*), 1) AS pct
-FROM captions c JOIN splits s ON s.sample_id = c.sample_id AND s.split = $split
-LEFT JOIN hit ON hit.caption_id = c.caption_id
-GROUP BY s.role ORDER BY s.role"""),
+     """SELECT s.role, sum(ik.n_captions) AS captions, sum(ik.n_captions_with_keyword) AS with_keyword,
+       round(100.0 * sum(ik.n_captions_with_keyword) / sum(ik.n_captions), 1) AS pct
+FROM image_keywords ik JOIN vocabularies v USING (vocab_id)
+JOIN splits s ON s.sample_id = ik.sample_id AND s.split = $split
+WHERE v.vocab = $keywords GROUP BY s.role ORDER BY s.role"""),
     ("Images whose captions hit no keyword (empty candidate sets)",
      """SELECT ik.corpus, count(*) AS images, any_value(c.text) AS example_caption
 FROM image_keywords ik JOIN vocabularies v USING (vocab_id)

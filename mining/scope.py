@@ -1,6 +1,10 @@
 """What a mining run reads: the captions of one split role (`--split S --role R`) or of whole
 corpora (`--corpus A --corpus B`, caption-only corpora included), resolved to artifacts.
 
+Role `train` = labeled + unlabeled: every training caption of a split's images. With corpora,
+`source_split="train"` keeps the captions of the sources' own train entries, images on disk or
+not: that is how S-CLIP mined its YAKE lists (the train captions of RSICD+UCM+Sydney).
+
 A scope's `versions` (input artifact -> digest of its committed parts) go into every recipe
 built on it, so re-mining unchanged inputs returns the existing artifact and a corpus that
 gained data gives a new one."""
@@ -15,7 +19,9 @@ from clipstore.warehouse.errors import InputError, NotFoundError
 from clipstore.warehouse.sql import Session
 from clipstore.warehouse.store import Artifact, Store
 
-ROLES = ("labeled", "unlabeled", "val", "test")
+ROLES = ("labeled", "unlabeled", "val", "test", "train")
+SOURCE_SPLITS = ("train", "val", "test")
+SPLIT_ROLES = {"train": ("labeled", "unlabeled")}   # a role that stands for several roles of a split
 
 
 @dataclass(frozen=True)
@@ -23,36 +29,58 @@ class Scope:
     corpora: tuple[str, ...]            # every corpus whose captions the scope touches, in order
     split: str | None = None
     role: str | None = None
+    source_split: str | None = None     # with corpora: only entries of the sources' own split
     inputs: dict[str, Artifact] = field(default_factory=dict)   # corpus name / "split:<name>" -> artifact
     versions: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         """A short stable name: `rs_all.labeled`, or `ucm_captions`, `a+b` for several corpora."""
-        return f"{self.split}.{self.role}" if self.split else "+".join(self.corpora)
+        if self.split:
+            return f"{self.split}.{self.role}"
+        return "+".join(self.corpora) + (f".{self.source_split}" if self.source_split else "")
 
     @property
     def input_ids(self) -> list[str]:
         return sorted(a.artifact_id for a in self.inputs.values())
 
+    @property
+    def split_roles(self) -> list[str]:
+        """The roles of the split manifest this scope reads."""
+        return list(SPLIT_ROLES.get(self.role, (self.role,))) if self.role else []
+
     def params(self) -> dict:
-        return {"split": self.split, "role": self.role, "corpora": list(self.corpora), "input_versions": self.versions}
+        params = {"split": self.split, "role": self.role, "corpora": list(self.corpora),
+                  "input_versions": self.versions}
+        if self.source_split:  # only when set, so recipes made before the option keep their ids
+            params["source_split"] = self.source_split
+        return params
 
     def corpus_artifacts(self) -> dict[str, Artifact]:
         return {c: self.inputs[c] for c in self.corpora}
 
 
 def resolve_scope(store: Store, *, split: str | None = None, role: str | None = None,
-                  corpora: list[str] | None = None) -> Scope:
+                  corpora: list[str] | None = None, source_split: str | None = None) -> Scope:
     """Check the request and find its artifacts; raises a clear error for what is missing."""
     corpora = list(dict.fromkeys(corpora or []))
+    if source_split and split:
+        raise InputError("--source-split filters whole corpora; a split already says which images count",
+                         fix="use --corpus A ... --source-split train, or --split NAME --role train")
+    if source_split and source_split not in SOURCE_SPLITS:
+        raise InputError(f"unknown source split {source_split!r}", fix=f"use one of: {', '.join(SOURCE_SPLITS)}")
     if bool(split) == bool(corpora):
         raise InputError("say which captions to mine: --split NAME --role ROLE, or one or more --corpus NAME",
                          fix="e.g. --split rs_all --role labeled, or --corpus ucm_captions")
     found = {a.name: a for a in store.current_all("corpus")}
     inputs: dict[str, Artifact] = {}
+    if role and not split:
+        raise InputError(f"--role {role} needs --split NAME: a role is part of a split",
+                         fix="add --split NAME, or drop --role to mine whole corpora")
     if split:
-        role = role or "labeled"
+        if not role:
+            # no silent default: labeled-only and all-train vocabularies differ a lot
+            raise InputError(f"split {split!r} given without a role", fix=f"add --role ({'|'.join(ROLES)})")
         if role not in ROLES:
             raise InputError(f"unknown role {role!r}", fix=f"use one of: {', '.join(ROLES)}")
         art = store.current("split", split)
@@ -68,7 +96,19 @@ def resolve_scope(store: Store, *, split: str | None = None, role: str | None = 
                             where=str(store.root), fix="ingest it first (`clipstore ingest FORMAT PATH --name NAME`)")
     inputs.update({c: found[c] for c in corpora})
     versions = store.versions(sorted(a.artifact_id for a in inputs.values()))
-    return Scope(tuple(corpora), split, role if split else None, inputs, versions)
+    return Scope(tuple(corpora), split, role, source_split, inputs, versions)
+
+
+def resolve_match_scope(store: Store, *, split: str | None = None, role: str | None = None,
+                        corpora: list[str] | None = None, default: Scope | None = None) -> Scope | None:
+    """The captions a vocabulary is matched against: the scope asked for, else every caption of
+    the default scope's corpora (all roles, so labeled and unlabeled images both get candidate
+    sets), else none."""
+    if split or role or corpora:
+        return resolve_scope(store, split=split, role=role, corpora=corpora)
+    if default is None:
+        return None
+    return resolve_scope(store, corpora=list(default.corpora))
 
 
 CAPTION_COLUMNS = "c.corpus, c.caption_id, c.sample_id, c.image_id, c.ordinal, c.text"
@@ -83,14 +123,14 @@ def scope_captions(store: Store, scope: Scope, session: Session | None = None) -
         if scope.split:
             sql = (f"SELECT {CAPTION_COLUMNS} FROM captions c JOIN splits s USING (sample_id) "
                    "JOIN samples m ON m.sample_id = c.sample_id "
-                   "WHERE s.split = $split AND s.role = $role AND list_contains($corpora, c.corpus) "
+                   "WHERE s.split = $split AND list_contains($roles, s.role) AND list_contains($corpora, c.corpus) "
                    "ORDER BY list_position($corpora, c.corpus), m.source_index, c.ordinal")
-            params = {"split": scope.split, "role": scope.role, "corpora": list(scope.corpora)}
+            params = {"split": scope.split, "roles": scope.split_roles, "corpora": list(scope.corpora)}
         else:
             sql = (f"SELECT {CAPTION_COLUMNS} FROM captions c JOIN samples m ON m.sample_id = c.sample_id "
-                   "WHERE list_contains($corpora, c.corpus) "
+                   "WHERE list_contains($corpora, c.corpus) AND ($source_split IS NULL OR m.split = $source_split) "
                    "ORDER BY list_position($corpora, c.corpus), m.source_index, c.ordinal")
-            params = {"corpora": list(scope.corpora)}
+            params = {"corpora": list(scope.corpora), "source_split": scope.source_split}
         if "captions" not in session.tables():
             return pa.table({"corpus": pa.array([], pa.string()), "caption_id": pa.array([], pa.string()),
                              "sample_id": pa.array([], pa.string()), "image_id": pa.array([], pa.string()),

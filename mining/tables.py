@@ -29,6 +29,8 @@ CAPTION_KEYWORDS = pa.schema([
 IMAGE_KEYWORDS = pa.schema([  # candidate set of a sample = union over its captions
     ("vocab_id", pa.string()), ("corpus", pa.string()), ("sample_id", pa.string()), ("image_id", pa.string()),
     ("keyword_ids", pa.list_(pa.string())), ("n_keywords", pa.int32()),
+    # caption coverage per sample, so coverage questions need not scan the caption matrix
+    ("n_captions", pa.int32()), ("n_captions_with_keyword", pa.int32()),
 ])
 CAPTION_TERMS = pa.schema([  # per-caption parse cache: YAKE keyphrases, nouns, noun phrases
     ("corpus", pa.string()), ("caption_id", pa.string()), ("sample_id", pa.string()), ("kind", pa.string()),

@@ -21,7 +21,7 @@ def begin_vocab(store: Store, kind: str, name: str, params: dict, scope: Scope |
                 extra_inputs: list[str] | None = None) -> ArtifactBuilder:
     """Start the artifact of this vocabulary recipe (call inside `store.writing()`)."""
     full = {**params, **(scope.params() if scope else {})}
-    inputs = (scope.input_ids if scope else []) + list(extra_inputs or [])
+    inputs = sorted(set((scope.input_ids if scope else []) + list(extra_inputs or [])))  # a match scope may repeat them
     return store.begin(kind="vocab", name=name, stage=f"mine {kind}", params=full, inputs=inputs,
                        tables=tables, config=full)
 
@@ -51,3 +51,18 @@ def reuse_if_complete(builder: ArtifactBuilder, store: Store) -> Artifact | None
         return None
     done = store.get(builder.artifact_id)
     return builder.finish(done.counts, done.stats, summary={"reused": True}, noop=True)
+
+
+def publish_vocab(store: Store, builder: ArtifactBuilder, tables: dict[str, pa.Table | list[dict]], *,
+                  stats: dict | None = None, summary: dict | None = None) -> Artifact:
+    """Commit the vocabulary's tables as part 0 and complete the artifact. A run killed after the
+    commit but before the catalog's done mark already published these very rows (same recipe,
+    deterministic output): only the done mark is missing, so the part is not written twice."""
+    committed = store.part_rows(builder.artifact_id, "vocabularies")
+    if committed:
+        counts = {t: sum(n for _, n in store.part_rows(builder.artifact_id, t)) for t in tables}
+    else:
+        counts = commit_tables(builder, tables)
+    stats = {**(stats or {}), "rows": counts}
+    builder.write_file("stats.json", json.dumps(stats, indent=1, sort_keys=True, default=str))
+    return builder.finish(counts, stats, summary=summary or counts)
