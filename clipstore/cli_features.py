@@ -31,10 +31,14 @@ def _model_spec(args):
 
 
 def cmd_embed(args) -> None:
+    import torch
     from clipstore.features.embed import embed
     t0 = time.monotonic()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     arts = embed(_store(args), model=_model_spec(args), corpus=args.corpus, modality=tuple(args.modality),
                  vocab=args.vocab, classnames_corpus=args.classnames_corpus, templates=args.templates,
+                 per_template=args.per_template,
                  views=args.views, augment=args.augment, seed=args.seed, batch_size=args.batch_size,
                  workers=args.workers, wait=args.wait, progress=not args.quiet)
     for art in arts:
@@ -71,13 +75,14 @@ def add_parsers(sub) -> None:
                        description="Embed items with an open_clip model into the store's cache. Only items not yet "
                                    "embedded for this model fingerprint are computed; a killed run resumes per shard.")
     g = s.add_argument_group("model")
-    g.add_argument("--model", required=True, help="open_clip architecture (ViT-B-32, RN50, ...) or tiny-vit / tiny-rn")
+    g.add_argument("--model", help="open_clip architecture (ViT-B-32, RN50, ...) or tiny-vit / tiny-rn "
+                                   "(may be left out with a clipstore trainer checkpoint, which names it)")
     g.add_argument("--pretrained", help="open_clip pretrained tag (e.g. openai); downloads need --allow-download")
     g.add_argument("--allow-download", action="store_true", help="allow fetching pretrained weights from the hub")
     g.add_argument("--checkpoint", type=Path, help="local weights: .safetensors, a torch state dict, or a clipstore "
                                                    "trainer checkpoint (loaded with weights_only=True)")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="autocast precision on GPU (CPU runs fp32)")
+    g.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+                   help="autocast precision (default: bf16 on GPU, fp32 on CPU); part of the fingerprint")
     g.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when visible)")
     g = s.add_argument_group("what to embed")
     g.add_argument("--corpus", help="corpus whose images / captions / class names to embed")
@@ -85,12 +90,15 @@ def add_parsers(sub) -> None:
                    help="comma list of image,caption,keyword,concept,classname (default image)")
     g.add_argument("--vocab", help="vocabulary (id or name) for keyword / concept modalities")
     g.add_argument("--classnames-corpus", help="classification corpus for class prompts (default --corpus)")
-    g.add_argument("--templates", default="default", help="class-prompt template set (default %(default)s)")
+    g.add_argument("--templates", default="default",
+                   help="class-prompt template set: default, aerial, openai, or a file of templates with {}")
+    g.add_argument("--per-template", action="store_true", help="also keep one vector per (class, template)")
     g.add_argument("--views", type=int, default=0, help="augmented views per image besides the plain one")
     g.add_argument("--augment", help="augmentation spec for the views, e.g. rot90,flip")
     g.add_argument("--seed", type=int, default=0, help="seed of the augmented views")
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--workers", type=int, help="image decoding processes (default: chosen from the CPU count)")
+    g.add_argument("--threads", type=int, help="torch threads for the model (default: torch's choice)")
     s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser("index", help="a FAISS index over cached embeddings, with measured recall")

@@ -22,7 +22,7 @@ from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 
 ITEMS = pa.schema([
     ("item_id", pa.string()),     # image_id, caption_id, keyword/concept id, or prompt id
-    ("modality", pa.string()),    # image | caption | keyword | concept | classname
+    ("modality", pa.string()),    # image | caption | keyword | concept | classname | prompt (per-template rows)
     ("view", pa.int32()),         # 0 = the plain eval view; 1.. = augmented views (spec + seed in the recipe)
     ("corpus", pa.string()),
     ("sample_id", pa.string()),   # the sample the item came from, when there is one

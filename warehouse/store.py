@@ -247,6 +247,15 @@ class ArtifactBuilder:
                 if d.name != self.run_id:
                     fs.remove(d)  # we hold the writer lock: no other run is using them
 
+    def add_lineage(self, input_ids: list[str], role: str = "source") -> None:
+        """Record inputs that are not part of the recipe: the source of an artifact that grows with
+        it (ingest, embed), whose every version it has read."""
+        with self.store.connect(read_only=False) as con:
+            known = {r[0] for r in con.execute("SELECT input_id FROM lineage WHERE artifact_id = ? AND role = ?",
+                                               [self.artifact_id, role]).fetchall()}
+            for input_id in sorted(set(input_ids) - known):
+                con.execute("INSERT INTO lineage VALUES (?, ?, ?)", [self.artifact_id, input_id, role])
+
     def committed_parts(self, table: str | None = None) -> list[tuple[int, str, Path]]:
         return self.store.parts(self.artifact_id, table)
 
