@@ -50,18 +50,36 @@ def cmd_embed(args) -> None:
 def cmd_index(args) -> None:
     from clipstore.features.index import build_index
     t0 = time.monotonic()
-    art = build_index(_store(args), args.embeddings, args.factory, modality=args.modality, nprobe=args.nprobe,
-                      ef_search=args.ef_search, recall_k=args.recall_k, wait=args.wait)
-    recall = art.stats.get("recall")
-    print(f"index {art.name}: {art.counts} recall={recall} in {time.monotonic() - t0:.1f}s -> {art.artifact_id}")
+    art = build_index(_store(args), args.embeddings, args.factory, modality=args.modality, view=args.view,
+                      nprobe=args.nprobe, ef_search=args.ef_search, recall_k=args.recall_k,
+                      recall_queries=args.recall_queries, seed=args.seed, wait=args.wait)
+    recall = art.stats.get(f"recall_at_{args.recall_k}")
+    kind = "exact" if art.stats.get("exact") else f"recall@{args.recall_k} {recall}"
+    print(f"index {art.name}: {art.counts.get('vectors')} vectors, {kind} in {time.monotonic() - t0:.1f}s "
+          f"-> {art.artifact_id}")
 
 
 def cmd_knn(args) -> None:
     from clipstore.features.graph import build_knn_graph
     t0 = time.monotonic()
-    art = build_knn_graph(_store(args), args.embeddings, k=args.k, modality=args.modality, method=args.method,
+    art = build_knn_graph(_store(args), args.embeddings, k=args.k, modality=args.modality, view=args.view,
+                          method=args.method, nprobe=args.nprobe, ef_search=args.ef_search, seed=args.seed,
                           wait=args.wait)
-    print(f"knn {art.name}: {art.counts} in {time.monotonic() - t0:.1f}s -> {art.artifact_id}")
+    quality = "exact" if art.stats.get("exact") else f"recall {art.stats.get('recall')}"
+    print(f"knn {art.name}: {_counts(art)}, {quality} in {time.monotonic() - t0:.1f}s -> {art.artifact_id}")
+
+
+def cmd_dedup(args) -> None:
+    from clipstore.features.dedup import audit_near_duplicates
+    t0 = time.monotonic()
+    art = audit_near_duplicates(_store(args), args.graph or args.embeddings, args.threshold, k=args.k,
+                                modality=args.modality, method=args.method, wait=args.wait)
+    print(f"dedup {art.name}: {_counts(art)} in {time.monotonic() - t0:.1f}s -> {art.artifact_id}")
+    print('  see: clipstore sql "SELECT * FROM audit_near_duplicates ORDER BY sim DESC LIMIT 20"')
+
+
+def _counts(art) -> str:
+    return ", ".join(f"{k} {v}" for k, v in art.counts.items() if not isinstance(v, dict))
 
 
 def cmd_neighbors(args) -> None:
@@ -107,15 +125,34 @@ def add_parsers(sub) -> None:
     s.add_argument("--modality", help="only items of this modality")
     s.add_argument("--nprobe", type=int, help="IVF cells probed at search time")
     s.add_argument("--ef-search", type=int, help="HNSW efSearch")
+    s.add_argument("--view", type=int, default=0, help="which view of the items (0 = plain)")
     s.add_argument("--recall-k", type=int, default=10, help="k of the recall@k recorded against exact search")
+    s.add_argument("--recall-queries", type=int, default=1000, help="sampled queries for the recall measurement")
+    s.add_argument("--seed", type=int, default=0, help="seed of the recall sample and of IVF training")
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("knn", help="materialise the kNN graph (ids, similarities) of cached embeddings")
     s.add_argument("--embeddings", required=True, help="embeddings artifact (id or name)")
     s.add_argument("--k", type=int, default=20)
     s.add_argument("--modality", default="image")
+    s.add_argument("--view", type=int, default=0)
     s.add_argument("--method", default="exact", help='"exact" (blocked matmul) or a FAISS factory string')
+    s.add_argument("--nprobe", type=int)
+    s.add_argument("--ef-search", type=int)
+    s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_knn)
+
+    s = sub.add_parser("dedup", help="embedding near-duplicates across splits and corpora (leakage audit)",
+                       description="Pairs of images whose embeddings are nearly identical; the SQL view "
+                                   "audit_near_duplicates flags pairs that sit in different split roles.")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--embeddings", help="image embeddings artifact (id or name)")
+    g.add_argument("--graph", help="an existing kNN graph artifact")
+    s.add_argument("--threshold", type=float, default=0.95, help="cosine at or above which a pair is reported")
+    s.add_argument("--k", type=int, default=20, help="neighbours examined per image")
+    s.add_argument("--modality", default="image")
+    s.add_argument("--method", default="exact")
+    s.set_defaults(func=cmd_dedup)
 
     s = sub.add_parser("neighbors", help="print a sample's nearest images and captions")
     s.add_argument("sample_id")

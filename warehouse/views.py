@@ -147,6 +147,28 @@ def audit_image_sizes() -> str:
         ORDER BY i.corpus, i.source_key"""
 
 
+@_view("near_duplicates", "splits")
+def audit_near_duplicates() -> str:
+    """Near-duplicate pairs (embedding cosine >= the audit's threshold; features/dedup.py) whose two
+    samples are both in one split manifest, with their roles: a re-encoded or brightness-shifted
+    copy of a training image in val or test inflates evaluation as much as an exact copy does.
+
+    One row per (split, pair): split; sim; a_role, b_role; cross_role (the roles differ);
+    train_eval_leak (one side labeled or unlabeled, the other val or test); a_/b_ corpus,
+    sample_id, source_key, item_id; audit_id (the near-duplicate audit artifact). Leaks first."""
+    return """
+        SELECT sa.split, nd.sim, sa.role AS a_role, sb.role AS b_role, sa.role <> sb.role AS cross_role,
+               (sa.role IN ('labeled', 'unlabeled') AND sb.role IN ('val', 'test'))
+                   OR (sb.role IN ('labeled', 'unlabeled') AND sa.role IN ('val', 'test')) AS train_eval_leak,
+               nd.a_corpus, nd.a_sample_id, sa.source_key AS a_source_key, nd.a_item_id,
+               nd.b_corpus, nd.b_sample_id, sb.source_key AS b_source_key, nd.b_item_id,
+               nd.artifact_id AS audit_id
+        FROM near_duplicates nd
+        JOIN splits sa ON sa.corpus = nd.a_corpus AND sa.sample_id = nd.a_sample_id
+        JOIN splits sb ON sb.split = sa.split AND sb.corpus = nd.b_corpus AND sb.sample_id = nd.b_sample_id
+        ORDER BY train_eval_leak DESC, cross_role DESC, nd.sim DESC, sa.split, nd.a_item_id, nd.b_item_id"""
+
+
 def existing_views(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
 
