@@ -1,0 +1,50 @@
+"""`clipstore embed | index | knn | dedup | neighbors` end to end through the command line."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import karpathy_from_real_images, run_cli
+
+
+def test_embed_index_knn_neighbors(tmp_path, shared_data):
+    store = tmp_path / "store"
+    karpathy_from_real_images(shared_data, tmp_path / "corpus", 12, splits=("train", "val"))
+    run_cli("--store", store, "-q", "ingest", "karpathy", tmp_path / "corpus", "--name", "tiny")
+
+    out = run_cli("--store", store, "-q", "embed", "--model", "tiny-vit", "--corpus", "tiny",
+                  "--modality", "image,caption", "--workers", "1").stdout
+    assert "tiny.image.tiny-vit: vectors 12" in out and "tiny.caption.tiny-vit: vectors 24" in out
+    again = run_cli("--store", store, "-q", "embed", "--model", "tiny-vit", "--corpus", "tiny",
+                    "--modality", "image", "--workers", "1")
+    runs = json.loads(run_cli("--store", store, "sql", "--format", "json",
+                              "SELECT status FROM runs WHERE stage = 'embed' ORDER BY started_at").stdout)
+    assert again.returncode == 0 and runs[-1]["status"] == "noop"  # a cache hit does no work
+
+    items = json.loads(run_cli("--store", store, "sql", "--format", "json",
+                               "SELECT modality, count(*) AS n FROM embedding_items GROUP BY 1 ORDER BY 1").stdout)
+    assert items == [{"modality": "caption", "n": 24}, {"modality": "image", "n": 12}]
+
+    assert "exact" in run_cli("--store", store, "-q", "index", "--embeddings", "tiny.image.tiny-vit").stdout
+    assert "edges 36" in run_cli("--store", store, "-q", "knn", "--embeddings", "tiny.image.tiny-vit",
+                                 "--k", "3").stdout
+    assert "pairs" in run_cli("--store", store, "-q", "dedup", "--embeddings", "tiny.image.tiny-vit").stdout
+
+    sample = json.loads(run_cli("--store", store, "sql", "--format", "json",
+                                "SELECT sample_id FROM samples ORDER BY source_index LIMIT 1").stdout)[0]["sample_id"]
+    shown = run_cli("--store", store, "neighbors", sample, "--k", "2").stdout
+    assert "nearest images (2)" in shown and "nearest captions (2)" in shown
+
+
+def test_embed_errors_are_clear(tmp_path, shared_data):
+    store = tmp_path / "store"
+    bad = run_cli("--store", store, "embed", "--model", "tiny-vit", "--corpus", "x", check=False)
+    assert bad.returncode != 0 and "no corpus 'x'" in bad.stderr and "Traceback" not in bad.stderr
+    karpathy_from_real_images(shared_data, tmp_path / "corpus", 2)
+    run_cli("--store", store, "-q", "ingest", "karpathy", tmp_path / "corpus", "--name", "two")
+    bad = run_cli("--store", store, "embed", "--model", "ViT-B-32", "--pretrained", "openai", "--corpus", "two",
+                  check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--allow-download" in bad.stderr
+    bad = run_cli("--store", store, "embed", "--model", "tiny-vit", "--modality", "image,sound", "--corpus", "x",
+                  check=False)
+    assert bad.returncode != 0 and "unknown modality 'sound'" in bad.stderr
