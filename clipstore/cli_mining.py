@@ -97,7 +97,7 @@ def cmd_concepts(args) -> None:
     art = mine_concepts(_store(args), split=args.split, role=args.role, corpora=args.corpus or None,
                         min_images=args.min_images, min_length=args.min_length, max_df=args.max_df,
                         df_rule=args.df_rule, phrases=args.phrases, model=args.spacy_model,
-                        workers=args.workers, name=args.name, wait=args.wait, progress=not args.quiet)
+                        require_trained=args.require_trained, workers=args.workers, name=args.name, wait=args.wait, progress=not args.quiet)
     print(_summary("concepts", art, t0))
 
 
@@ -105,8 +105,8 @@ def cmd_terms(args) -> None:
     from clipstore.mining.terms import mine_terms
     t0 = time.monotonic()
     for corpus in args.corpus:
-        art = mine_terms(_store(args), corpus, model=args.spacy_model, workers=args.workers, wait=args.wait,
-                         progress=not args.quiet)
+        art = mine_terms(_store(args), corpus, model=args.spacy_model, require_trained=args.require_trained,
+                         workers=args.workers, wait=args.wait, progress=not args.quiet)
         print(_summary("terms", art, t0))
 
 
@@ -152,12 +152,15 @@ def add_parsers(sub) -> None:
     s.add_argument("--phrases", action="store_true", help="noun phrases as concepts too")
     s.add_argument("--spacy-model", default="en_core_web_sm",
                    help="trained spaCy pipeline when installed; otherwise the documented offline fallback")
+    s.add_argument("--require-trained", action="store_true", help="fail instead of falling back when it is missing")
     s.add_argument("--workers", type=int, help="parsing processes (default: CPU count)")
-    s.add_argument("--name", help="vocabulary name (default concepts.<scope>)")
+    s.add_argument("--name", help="vocabulary name (default concepts.<scope>); give variants their own name, "
+                                  "since a name means its newest version in SQL")
     s.set_defaults(func=cmd_concepts)
 
     s = mine.add_parser("terms", help="parse captions once: nouns, noun phrases, YAKE keyphrases per caption")
     s.add_argument("--corpus", action="append", required=True)
     s.add_argument("--spacy-model", default="en_core_web_sm")
+    s.add_argument("--require-trained", action="store_true")
     s.add_argument("--workers", type=int)
     s.set_defaults(func=cmd_terms)
