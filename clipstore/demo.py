@@ -1,7 +1,9 @@
 """`make demo`: the main job, end to end as far as the stages go today.
 
 Ingests the project's real corpora (clipstore.toml) and a synthetic learnable corpus, builds the
-RS-ALL split, then prints a summary table and a few answers from the store's SQL."""
+RS-ALL split, mines the configured vocabularies, caches embeddings with a small registered model
+(no pretrained weights exist on these machines), builds the kNN graph and the near-duplicate
+audit, then prints a summary and answers from the store's SQL."""
 
 from __future__ import annotations
 
@@ -58,6 +60,30 @@ def run(store_dir: str, data: str | None, synth_dir: Path, quiet: bool = False) 
     for title, sql in QUESTIONS:
         print(f"\n-- {title}\n{sql.strip() if len(sql) < 120 else ''}".rstrip())
         sys.stdout.write(render(query(store, sql)))
+    features_and_mining(store, project, quiet)
+
+
+def features_and_mining(store, project, quiet: bool) -> None:
+    from clipstore.features.dedup import audit_near_duplicates
+    from clipstore.features.graph import build_knn_graph
+    from clipstore.mining.examples import QUERIES, REAL_STORE, bind
+    from clipstore.project import embed_all, mine_all
+    from clipstore.warehouse.sql import Session, render
+
+    print("\n-- mining the configured vocabularies (keywords, class names, concepts)")
+    for art in mine_all(store, project, progress=not quiet):
+        print(f"   {art.name:<30} {', '.join(f'{k} {v}' for k, v in art.counts.items())}")
+    print("-- caching embeddings (tiny-vit, random init) and the kNN graph")
+    for art in embed_all(store, project, progress=not quiet):
+        print(f"   {art.name:<30} {art.counts.get('vectors')} vectors")
+    graph = build_knn_graph(store, "ucm_captions.image.tiny-vit", k=10)
+    audit = audit_near_duplicates(store, graph.artifact_id, 0.99)
+    print(f"   {graph.name}: {graph.counts.get('edges')} edges; near-duplicate pairs (cos >= 0.99, "
+          f"a random model): {audit.counts.get('pairs')}")
+    with Session(store) as session:
+        for title, sql in QUERIES:
+            print(f"\n-- {title}")
+            sys.stdout.write(render(session.query(sql, bind(sql, REAL_STORE))))
     print(f"\n== done in {time.monotonic() - t0:.1f}s; explore with: clipstore --store {store.root} sql \"...\"")
 
 

@@ -4,8 +4,11 @@ three, with the vocabulary, split and corpus names as bound parameters."""
 
 from __future__ import annotations
 
+import re
+
 # The names `make mine` gives the vocabularies over the shared data (clipstore.toml).
-REAL_STORE = {"keywords": "keywords.sclip", "concepts": "concepts.ucm_captions", "split": "rs_all",
+REAL_STORE = {"keywords": "keywords.sclip", "classnames": "classnames.ucm_cls+rsicd_cls",
+              "concepts": "concepts.ucm_captions", "split": "rs_all",
               "corpus": "ucm_captions", "concept": "airport", "cooc_concepts": "concepts.rsicd"}
 
 QUERIES: list[tuple[str, str]] = [
@@ -20,11 +23,11 @@ GROUP BY k.keyword ORDER BY captions DESC, k.keyword LIMIT 10"""),
 FROM image_keywords ik JOIN vocabularies v USING (vocab_id)
 JOIN splits s ON s.sample_id = ik.sample_id AND s.split = $split
 WHERE v.vocab = $keywords GROUP BY s.role ORDER BY s.role"""),
-    ("Images whose captions hit no keyword (empty candidate sets)",
+    ("Images whose captions name no scene class (empty class-name candidate sets)",
      """SELECT ik.corpus, count(*) AS images, any_value(c.text) AS example_caption
 FROM image_keywords ik JOIN vocabularies v USING (vocab_id)
 JOIN captions c ON c.sample_id = ik.sample_id AND c.ordinal = 0
-WHERE v.vocab = $keywords AND ik.n_keywords = 0
+WHERE v.vocab = $classnames AND ik.n_keywords = 0
 GROUP BY ik.corpus ORDER BY ik.corpus"""),
     ("Concepts co-occurring with a concept (images sharing both)",
      """WITH vocab AS (SELECT vocab_id FROM vocabularies WHERE vocab = $cooc_concepts),
@@ -51,4 +54,4 @@ GROUP BY text ORDER BY images DESC, text LIMIT 5"""),
 
 def bind(sql: str, names: dict) -> dict:
     """The parameters a query uses, taken from `names` (DuckDB refuses unused named parameters)."""
-    return {k: v for k, v in names.items() if f"${k}" in sql}
+    return {k: v for k, v in names.items() if re.search(rf"\${k}\b", sql)}
