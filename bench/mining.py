@@ -85,16 +85,15 @@ def build_big_store(root: Path, workers: int):
     names = {"keywords": "keywords.bench", "classnames": "classnames.bench", "concepts": "concepts.bench",
              "cooc_concepts": "concepts.bench",
              "split": bigstore.SPLIT, "corpus": bigstore.CORPUS, "concept": "airport"}
-    if store.current("vocab", names["keywords"]) is None:
-        keywords = ranked_entries(run_yake(YakeSettings(), yake_document(rsicd_captions())[0]))[0]
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "yake-300.txt"
-            path.write_text("\n".join(keywords))
-            import_keywords(store, [path], name=names["keywords"], match_corpora=[bigstore.CORPUS])
-            classes = sorted({cls for cls, _ in bigstore.rsicd_entries(DATA)})
-            (Path(tmp) / "class-name.txt").write_text("\n".join(classes))
-            import_keywords(store, [Path(tmp) / "class-name.txt"], name=names["classnames"],
-                            match_corpora=[bigstore.CORPUS], prefix="class-name")
+    keywords = ranked_entries(run_yake(YakeSettings(), yake_document(rsicd_captions())[0]))[0]
+    with tempfile.TemporaryDirectory() as tmp:  # imports of an unchanged ranking are no-ops
+        path = Path(tmp) / "yake-300.txt"
+        path.write_text("\n".join(keywords))
+        import_keywords(store, [path], name=names["keywords"], match_corpora=[bigstore.CORPUS])
+        classes = sorted({cls for cls, _ in bigstore.rsicd_entries(DATA)})
+        (Path(tmp) / "class-name.txt").write_text("\n".join(classes))
+        import_keywords(store, [Path(tmp) / "class-name.txt"], name=names["classnames"],
+                        match_corpora=[bigstore.CORPUS], prefix="class-name")
     mine_concepts(store, corpora=[bigstore.CORPUS], name=names["concepts"], workers=workers, progress=False)
     return store, names, time.perf_counter() - t0
 

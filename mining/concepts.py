@@ -120,6 +120,9 @@ def build_tables(store: Store, scope: Scope, terms: dict[str, Artifact], setting
     with Session(store) as session:
         captions = scope_captions(store, resolve_scope(store, corpora=list(scope.corpora)), session)
         vocab_samples = _scope_samples(session, scope)
+        classes = session.query("SELECT sample_id, class FROM samples WHERE list_contains($corpora, corpus)",
+                                {"corpora": list(scope.corpora)})
+        class_of = dict(zip(classes.column("sample_id").to_pylist(), classes.column("class").to_pylist()))
     caption_terms = _caption_terms(store, terms, kinds)
     caption_rows = captions.select(["corpus", "caption_id", "sample_id", "image_id"]).to_pylist()
 
@@ -143,12 +146,30 @@ def build_tables(store: Store, scope: Scope, terms: dict[str, Artifact], setting
     for (corpus, sample, image), ids in on.items():
         image_concepts += [{"vocab_id": vocab_id, "corpus": corpus, "sample_id": sample, "image_id": image,
                             "concept_id": k} for k in sorted(ids)]
+    class_concepts = _class_concepts(vocab_id, on, class_of, {r["concept_id"]: r["concept"] for r in concepts})
     stats = {**report, "vocabulary_images": len(images),
              "targets": {"covers": "every captioned sample of the scope's corpora, all roles",
                          "captioned_samples": len(on),
                          "samples_with_concepts": sum(1 for ids in on.values() if ids),
                          "samples_without_image": sum(1 for (_, _, image) in on if image is None)}}
-    return {"concepts": concepts, "caption_concepts": caption_concepts, "image_concepts": image_concepts}, stats
+    return {"concepts": concepts, "caption_concepts": caption_concepts, "image_concepts": image_concepts,
+            "class_concepts": class_concepts}, stats
+
+
+def _class_concepts(vocab_id: str, on: dict, class_of: dict, names: dict) -> list[dict]:
+    """Per (corpus, class, concept): images of the class with the concept on, and that share of
+    the class's captioned images."""
+    class_images: Counter = Counter()
+    hits: Counter = Counter()
+    for (corpus, sample, _), ids in on.items():
+        cls = class_of.get(sample)
+        if cls is None:
+            continue
+        class_images[(corpus, cls)] += 1
+        hits.update((corpus, cls, k) for k in ids)
+    return [{"vocab_id": vocab_id, "corpus": corpus, "class": cls, "concept_id": k, "concept": names[k],
+             "n_images": n, "class_images": class_images[(corpus, cls)], "df": n / class_images[(corpus, cls)]}
+            for (corpus, cls, k), n in sorted(hits.items())]
 
 
 def select_concepts(n_images: Counter, total_images: int, settings: dict,

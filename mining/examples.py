@@ -12,11 +12,10 @@ REAL_STORE = {"keywords": "keywords.sclip", "classnames": "classnames.ucm_cls+rs
               "corpus": "ucm_captions", "concept": "airport", "cooc_concepts": "concepts.rsicd"}
 
 QUERIES: list[tuple[str, str]] = [
-    ("Most frequent keywords (captions containing each)",
-     """SELECT k.keyword, count(*) AS captions
-FROM caption_keywords ck JOIN keywords k USING (vocab_id, keyword_id)
-JOIN vocabularies v USING (vocab_id) WHERE v.vocab = $keywords
-GROUP BY k.keyword ORDER BY captions DESC, k.keyword LIMIT 10"""),
+    ("Most frequent keywords (captions and images containing each)",
+     """SELECT k.keyword, k.rank, k.n_captions AS captions, k.n_images AS images
+FROM keywords k JOIN vocabularies v USING (vocab_id) WHERE v.vocab = $keywords
+ORDER BY captions DESC, k.keyword LIMIT 10"""),
     ("Keyword coverage per split role (captions with at least one keyword)",
      """SELECT s.role, sum(ik.n_captions) AS captions, sum(ik.n_captions_with_keyword) AS with_keyword,
        round(100.0 * sum(ik.n_captions_with_keyword) / sum(ik.n_captions), 1) AS pct
@@ -37,15 +36,11 @@ SELECT b.concept, count(*) AS images
 FROM ic a JOIN ic b ON a.sample_id = b.sample_id AND b.concept <> a.concept
 WHERE a.concept = $concept GROUP BY b.concept ORDER BY images DESC, b.concept LIMIT 10"""),
     ("Concept document frequency per class (top 2 per class)",
-     """WITH per_class AS (SELECT class, count(*) AS n FROM samples WHERE corpus = $corpus GROUP BY class)
-SELECT m.class, cn.concept, count(*) AS images, round(count(*) / any_value(p.n), 2) AS df
-FROM image_concepts ic JOIN concepts cn USING (vocab_id, concept_id)
-JOIN vocabularies v USING (vocab_id) JOIN samples m ON m.sample_id = ic.sample_id
-JOIN per_class p ON p.class = m.class
-WHERE v.vocab = $concepts
-GROUP BY m.class, cn.concept
-QUALIFY row_number() OVER (PARTITION BY m.class ORDER BY count(*) DESC, cn.concept) <= 2
-ORDER BY m.class, images DESC LIMIT 12"""),
+     """SELECT cc.class, cc.concept, cc.n_images AS images, round(cc.df, 2) AS df
+FROM class_concepts cc JOIN vocabularies v USING (vocab_id)
+WHERE v.vocab = $concepts AND cc.corpus = $corpus
+QUALIFY row_number() OVER (PARTITION BY cc.class ORDER BY cc.n_images DESC, cc.concept) <= 2
+ORDER BY cc.class, images DESC LIMIT 12"""),
     ("Captions shared by the most images",
      """SELECT text, count(DISTINCT sample_id) AS images FROM captions WHERE corpus = $corpus
 GROUP BY text ORDER BY images DESC, text LIMIT 5"""),

@@ -189,8 +189,23 @@ def keyword_rows(vocab_id: str, keywords: list[str], scores: list[float | None],
     ids = [text_id("keyword", k) for k in keywords]
     return pa.table({"vocab_id": [vocab_id] * len(keywords), "keyword_id": ids, "keyword": keywords,
                      "rank": list(range(1, len(keywords) + 1)), "score": scores,
-                     "n_words": [len(k.split()) for k in keywords], "source": [source] * len(keywords)},
+                     "n_words": [len(k.split()) for k in keywords], "source": [source] * len(keywords),
+                     "n_captions": [None] * len(keywords), "n_images": [None] * len(keywords)},
                     schema=SCHEMAS["keywords"])
+
+
+def with_frequencies(keywords: pa.Table, caption_keywords: pa.Table) -> pa.Table:
+    """Fill n_captions / n_images: how many matched captions and samples contain each keyword."""
+    counts = caption_keywords.group_by("keyword_id").aggregate([("caption_id", "count"),
+                                                                 ("sample_id", "count_distinct")])
+    n_captions = dict(zip(counts.column("keyword_id").to_pylist(), counts.column("caption_id_count").to_pylist()))
+    n_images = dict(zip(counts.column("keyword_id").to_pylist(),
+                        counts.column("sample_id_count_distinct").to_pylist()))
+    ids = keywords.column("keyword_id").to_pylist()
+    columns = {name: keywords.column(name) for name in keywords.column_names}
+    columns["n_captions"] = pa.array([n_captions.get(k, 0) for k in ids], pa.int64())
+    columns["n_images"] = pa.array([n_images.get(k, 0) for k in ids], pa.int64())
+    return pa.table(columns).select(SCHEMAS["keywords"].names).cast(SCHEMAS["keywords"])
 
 
 def write_keyword_vocab(store: Store, builder: ArtifactBuilder, *, kind: str, scope_label: str, method: str,
@@ -210,6 +225,7 @@ def write_keyword_vocab(store: Store, builder: ArtifactBuilder, *, kind: str, sc
         started = time.monotonic()
         caption_keywords, image_keywords, match_stats = keyword_matrix(
             vocab_id, captions, keyword_table.column("keyword_id").to_pylist(), keywords)
+        keyword_table = with_frequencies(keyword_table, caption_keywords)
         match_stats["seconds"] = round(time.monotonic() - started, 3)
         match_stats["scope"] = match_scope.label
     else:

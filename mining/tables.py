@@ -10,6 +10,8 @@ import pyarrow as pa
 
 from clipstore.warehouse.parquet import table_spec
 
+TABLES_VERSION = 3   # bump when a vocabulary table's columns change
+
 VOCABULARIES = pa.schema([  # one row per vocabulary version
     ("vocab_id", pa.string()), ("vocab", pa.string()), ("kind", pa.string()), ("scope", pa.string()),
     ("method", pa.string()), ("params", pa.string()), ("n_entries", pa.int64()),
@@ -17,6 +19,8 @@ VOCABULARIES = pa.schema([  # one row per vocabulary version
 KEYWORDS = pa.schema([
     ("vocab_id", pa.string()), ("keyword_id", pa.string()), ("keyword", pa.string()), ("rank", pa.int32()),
     ("score", pa.float64()), ("n_words", pa.int32()), ("source", pa.string()),
+    # document frequency over the matched captions (NULL when the vocabulary was not matched)
+    ("n_captions", pa.int64()), ("n_images", pa.int64()),
 ])
 CLASSNAMES = pa.schema([  # the normalisation table behind a class-name vocabulary
     ("vocab_id", pa.string()), ("keyword_id", pa.string()), ("corpus", pa.string()), ("class", pa.string()),
@@ -49,9 +53,15 @@ IMAGE_CONCEPTS = pa.schema([  # multi-hot, long form: one row per (sample, conce
     ("concept_id", pa.string()),
 ])
 
+CLASS_CONCEPTS = pa.schema([  # concept -> class: per-class coverage, the class priors OT marginals need
+    ("vocab_id", pa.string()), ("corpus", pa.string()), ("class", pa.string()), ("concept_id", pa.string()),
+    ("concept", pa.string()), ("n_images", pa.int64()), ("class_images", pa.int64()), ("df", pa.float64()),
+])
+
 SCHEMAS = {"vocabularies": VOCABULARIES, "keywords": KEYWORDS, "classnames": CLASSNAMES,
            "caption_keywords": CAPTION_KEYWORDS, "image_keywords": IMAGE_KEYWORDS, "caption_terms": CAPTION_TERMS,
-           "concepts": CONCEPTS, "caption_concepts": CAPTION_CONCEPTS, "image_concepts": IMAGE_CONCEPTS}
+           "concepts": CONCEPTS, "caption_concepts": CAPTION_CONCEPTS, "image_concepts": IMAGE_CONCEPTS,
+           "class_concepts": CLASS_CONCEPTS}
 
 
 def declare(*names: str, key: str | None = None) -> dict[str, dict]:
@@ -60,5 +70,5 @@ def declare(*names: str, key: str | None = None) -> dict[str, dict]:
 
 KEYWORD_VOCAB_TABLES = declare("vocabularies", "keywords", "caption_keywords", "image_keywords")
 CLASSNAME_VOCAB_TABLES = declare("vocabularies", "keywords", "classnames", "caption_keywords", "image_keywords")
-CONCEPT_VOCAB_TABLES = declare("vocabularies", "concepts", "caption_concepts", "image_concepts")
+CONCEPT_VOCAB_TABLES = declare("vocabularies", "concepts", "caption_concepts", "image_concepts", "class_concepts")
 TERMS_TABLES = declare("caption_terms", key="caption_id")  # incremental per corpus: newest parse wins

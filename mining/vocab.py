@@ -7,7 +7,7 @@ import json
 import pyarrow as pa
 
 from clipstore.mining.scope import Scope
-from clipstore.mining.tables import SCHEMAS
+from clipstore.mining.tables import SCHEMAS, TABLES_VERSION
 from clipstore.warehouse.parquet import write_table
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 
@@ -20,7 +20,8 @@ def vocab_name(kind: str, scope_label: str) -> str:
 def begin_vocab(store: Store, kind: str, name: str, params: dict, scope: Scope | None, tables: dict,
                 extra_inputs: list[str] | None = None) -> ArtifactBuilder:
     """Start the artifact of this vocabulary recipe (call inside `store.writing()`)."""
-    full = {**params, **(scope.params() if scope else {})}
+    # the table layout is part of the recipe: a vocabulary written before a layout change is redone
+    full = {**params, **(scope.params() if scope else {}), "tables_version": TABLES_VERSION}
     inputs = sorted(set((scope.input_ids if scope else []) + list(extra_inputs or [])))  # a match scope may repeat them
     return store.begin(kind="vocab", name=name, stage=f"mine {kind}", params=full, inputs=inputs,
                        tables=tables, config=full)
