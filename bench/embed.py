@@ -123,7 +123,7 @@ def run_model(arch: str, n: int, args, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=300,
+    parser.add_argument("--images", type=int, default=600,
                         help="corpus size on CPU (ViT-B-32 runs ~10-15 img/s on 2 cores)")
     parser.add_argument("--tiny-images", type=int, default=1500, help="corpus size for tiny-vit")
     parser.add_argument("--gpu-images", type=int, default=4000, help="corpus size when a CUDA GPU runs ViT-B-32")
