@@ -61,6 +61,7 @@ def run(store_dir: str, data: str | None, synth_dir: Path, quiet: bool = False) 
         print(f"\n-- {title}\n{sql.strip() if len(sql) < 120 else ''}".rstrip())
         sys.stdout.write(render(query(store, sql)))
     features_and_mining(store, project, quiet)
+    print(f"\n== done in {time.monotonic() - t0:.1f}s; explore with: clipstore --store {store.root} sql \"...\"")
 
 
 def features_and_mining(store, project, quiet: bool) -> None:
@@ -84,7 +85,6 @@ def features_and_mining(store, project, quiet: bool) -> None:
         for title, sql in QUERIES:
             print(f"\n-- {title}")
             sys.stdout.write(render(session.query(sql, bind(sql, REAL_STORE))))
-    print(f"\n== done in {time.monotonic() - t0:.1f}s; explore with: clipstore --store {store.root} sql \"...\"")
 
 
 def main(argv: list[str] | None = None) -> int:
