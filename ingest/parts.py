@@ -16,6 +16,7 @@ from clipstore.ingest.records import ImageRef, Reject, SourceRecord
 from clipstore.ingest.shards import ShardWriter
 from clipstore.ingest.text import normalise_caption
 from clipstore.warehouse.hashing import text_id
+from clipstore.warehouse.parquet import write_parquet
 
 
 @dataclass(frozen=True)
@@ -180,5 +181,5 @@ class PartWriter:
         for name, rows in self.rows.items():
             if rows:
                 out = self.out_dir / f"{self.part:06d}.{name}.parquet"
-                files[name] = (out, tables.write_parquet(rows, tables.SCHEMAS[name], out))
+                files[name] = (out, write_parquet(rows, tables.SCHEMAS[name], out))
         return PartResult(self.part, files, self.counts)

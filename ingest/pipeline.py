@@ -24,6 +24,7 @@ from clipstore.ingest.parts import (Entry, ImageOptions, Outcome, PartWriter, ou
                                     process_batch)
 from clipstore.ingest.records import Reject, SourceRecord
 from clipstore.warehouse.hashing import digest
+from clipstore.warehouse.parquet import read_parquet
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 
 DEFAULT_SHARD_SIZE = 1000
@@ -109,7 +110,7 @@ def _committed_states(builder: ArtifactBuilder) -> dict[str, str]:
     paths = [p for _, _, p in builder.committed_parts("ingest_ledger")]
     if not paths:
         return {}
-    table = tables.read_parquet(paths, columns=["source_key", "state"])
+    table = read_parquet(paths, columns=["source_key", "state"])
     # parts are read in order, so a later state of the same key overwrites an earlier one
     return dict(zip(table.column("source_key").to_pylist(), table.column("state").to_pylist()))
 
@@ -118,7 +119,7 @@ def _committed_classes(builder: ArtifactBuilder) -> list[tuple[str, str]]:
     paths = [p for _, _, p in builder.committed_parts("classes")]
     if not paths:
         return []
-    latest = tables.read_parquet(paths[-1:]).to_pylist()
+    latest = read_parquet(paths[-1:]).to_pylist()
     return [(r["class"], r["name"]) for r in sorted(latest, key=lambda r: r["class_index"])]
 
 

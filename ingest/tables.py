@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from clipstore.warehouse.parquet import read_parquet, table_spec, write_parquet  # noqa: F401 (used as tables.*)
+from clipstore.warehouse.parquet import table_spec
 
 SAMPLES = pa.schema([
     ("corpus", pa.string()), ("sample_id", pa.string()), ("image_id", pa.string()),

@@ -182,7 +182,6 @@ def test_a_killed_run_shows_no_half_part_and_resumes(tmp_path, shared_data, ucm_
     assert proc.returncode == -signal.SIGKILL
 
     artifact = store.current("terms", "ucm_captions")
-    committed = {p for _, _, p in store.parts(artifact.artifact_id)}
     visible = query(store, "SELECT count(*) AS n, count(DISTINCT caption_id) AS c FROM caption_terms").to_pylist()[0]
     expected = sum(n for _, n in store.part_rows(artifact.artifact_id, "caption_terms"))
     assert 0 < visible["n"] == expected                    # only committed parts are seen
