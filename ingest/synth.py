@@ -273,7 +273,8 @@ def write_synthetic(directory: str | Path, *, seed: int = 0, n_images: int = 200
         filename = f"{i}.png"
         (tmp / "captions" / "images" / filename).write_bytes(png)
         sentids = [i * CAPTIONS_PER_IMAGE + k for k in range(CAPTIONS_PER_IMAGE)]
-        entries.append({"filename": filename, "imgid": i, "split": splits[i], "sentids": sentids,
+        entries.append({"filename": filename, "imgid": i, "split": splits[i], "class": facts.scene,
+                        "sentids": sentids,
                         "sentences": [{"raw": raw, "tokens": [w for w in raw.split() if w != "."], "imgid": i,
                                        "sentid": sid} for raw, sid in zip(texts, sentids)]})
         caption_classes[facts.scene] += 1

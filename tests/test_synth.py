@@ -194,6 +194,26 @@ def test_ingest_round_trip_as_karpathy(corpus, store):
                      "WHERE corpus = 'synth'").to_pylist()[0]
     assert n == {"n": 5 * N_IMAGES, "images": N_IMAGES}
     assert query(store, "SELECT count(*) AS n FROM rejects WHERE corpus = 'synth'").to_pylist()[0]["n"] == 0
+    # each entry's "class" is its scene: the caption corpus is labelled like the classification set
+    rows = query(store, "SELECT class, count(*) AS n FROM samples WHERE corpus = 'synth' GROUP BY class").to_pylist()
+    assert {r["class"]: r["n"] for r in rows} == summary["captions"]["classes"]
+    names = query(store, "SELECT class FROM classes WHERE corpus = 'synth' ORDER BY class_index").column("class")
+    assert names.to_pylist() == sorted(summary["captions"]["classes"])
+
+
+def test_a_karpathy_class_that_is_not_a_name_is_rejected(corpus, store, tmp_path):
+    from clipstore.ingest.pipeline import ingest
+    from clipstore.warehouse.sql import query
+    root, _, _, entries = corpus
+    doc = {"images": [dict(entries[0], **{"class": 3}), dict(entries[1], **{"class": " "}), entries[2]]}
+    (tmp_path / "dataset.json").write_text(json.dumps(doc))
+    ingest(store, "karpathy", tmp_path / "dataset.json", images=root / "captions" / "images", name="bad",
+           workers=1, progress=False)
+    rejects = query(store, "SELECT source_key, reason FROM rejects WHERE corpus = 'bad' ORDER BY source_key")
+    assert [r["source_key"] for r in rejects.to_pylist()] == [entries[0]["filename"], entries[1]["filename"]]
+    assert all("'class' that is not a non-empty string" in r["reason"] for r in rejects.to_pylist())
+    kept = query(store, "SELECT source_key, class FROM samples WHERE corpus = 'bad'").to_pylist()
+    assert kept == [{"source_key": entries[2]["filename"], "class": entries[2]["class"]}]
 
 
 def test_ingest_round_trip_as_imagefolder(corpus, store):

@@ -1,5 +1,7 @@
 """Karpathy-style caption JSON (RSICD, UCM_captions, Sydney_captions):
-`{"images": [{"filename", "imgid", "split", "sentences": [{"raw", "tokens", "sentid"}]}]}`."""
+`{"images": [{"filename", "imgid", "split", "sentences": [{"raw", "tokens", "sentid"}]}]}`.
+An image entry may also carry a scene label as `"class"` (`clipstore synth` writes one); without
+it, an --image-map into class folders (UC Merced) gives the label."""
 
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ class KarpathyAdapter(Adapter):
         if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
             raise InputError(f"{annotation.name} is not a Karpathy caption file: no top-level 'images' list",
                              where=str(annotation), fix='expected {"images": [{"filename", "split", "sentences"}]}')
+        labels = {_label(e, mapping) for e in doc["images"] if isinstance(e, dict)} - {None}
         return Source(records=self._records(doc["images"], image_root, mapping), files=[annotation],
-                      image_root=image_root, notes=notes)
+                      image_root=image_root, notes=notes, classes=[(c, c) for c in sorted(labels)] or None)
 
     def _records(self, entries: list, image_root: Path, mapping: dict[str, str] | None):
         for i, entry in enumerate(entries):
@@ -58,11 +61,22 @@ class KarpathyAdapter(Adapter):
             if bad:
                 yield Reject(filename, bad)
                 continue
-            target = mapping.get(filename) if mapping is not None else None
-            label = Path(target).parent.name or None if target else None  # UC Merced maps into class folders
+            if "class" in entry and _label(entry, mapping) is None:
+                yield Reject(filename, f"{where} ({filename}) has a 'class' that is not a non-empty string")
+                continue
             yield mapped_record(image_root, filename, filename, mapping, captions=captions,
-                                split=entry.get("split"), label=label,
+                                split=entry.get("split"), label=_label(entry, mapping),
                                 meta={"imgid": entry.get("imgid"), "sentids": sentids})
+
+
+def _label(entry: dict, mapping: dict[str, str] | None) -> str | None:
+    """The entry's own "class", else the class folder an --image-map points into (UC Merced)."""
+    if "class" in entry:
+        label = entry["class"]
+        return label if isinstance(label, str) and label.strip() else None
+    filename = entry.get("filename")
+    target = mapping.get(filename) if mapping is not None and isinstance(filename, str) else None
+    return (Path(target).parent.name or None) if target else None
 
 
 RSICD = KarpathyAdapter("rsicd", ("dataset_rsicd.json", "dataset_rsicd.reconstructed.json", "dataset.json"),
