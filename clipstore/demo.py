@@ -41,7 +41,7 @@ QUESTIONS = [
 
 def run(store_dir: str, data: str | None, synth_dir: Path, quiet: bool = False) -> None:
     from clipstore.ingest.pipeline import ingest
-    from clipstore.ingest.synth import write_synthetic
+    from clipstore.ingest.synth import is_current, write_synthetic
     from clipstore.project import ingest_all, load
     from clipstore.warehouse.sql import query, render
     from clipstore.warehouse.store import Store
@@ -52,7 +52,7 @@ def run(store_dir: str, data: str | None, synth_dir: Path, quiet: bool = False) 
     project = load(data_root=data)
     print(f"-- ingesting {len(project.corpora)} corpora from {project.data_root}")
     ingest_all(store, project, progress=not quiet)
-    if not (synth_dir / "synth.json").exists():
+    if not is_current(synth_dir, seed=0):
         print(f"-- writing the synthetic learnable corpus to {synth_dir}")
         write_synthetic(synth_dir, seed=0)
     ingest(store, "karpathy", synth_dir / "captions", name="synth", progress=not quiet)
@@ -66,8 +66,11 @@ def run(store_dir: str, data: str | None, synth_dir: Path, quiet: bool = False) 
 
 def features_and_mining(store, project, quiet: bool) -> None:
     from clipstore.features.dedup import audit_near_duplicates
+    from clipstore.features.embed import embed
+    from clipstore.features.models import ModelSpec
     from clipstore.features.graph import build_knn_graph
     from clipstore.mining.examples import QUERIES, REAL_STORE, bind
+    from clipstore.mining.keywords import mine_keywords
     from clipstore.project import embed_all, mine_all
     from clipstore.warehouse.sql import Session, render
 
@@ -76,6 +79,11 @@ def features_and_mining(store, project, quiet: bool) -> None:
         print(f"   {art.name:<30} {', '.join(f'{k} {v}' for k, v in art.counts.items())}")
     print("-- caching embeddings (tiny-vit, random init) and the kNN graph")
     for art in embed_all(store, project, progress=not quiet):
+        print(f"   {art.name:<30} {art.counts.get('vectors')} vectors")
+    # every modality of one corpus: its keywords are mined first, its classes are the synth scenes
+    mine_keywords(store, corpora=["synth"], top=100, progress=not quiet)
+    for art in embed(store, model=ModelSpec("tiny-vit"), corpus="synth",
+                     modality="image,caption,keyword,classname", progress=not quiet):
         print(f"   {art.name:<30} {art.counts.get('vectors')} vectors")
     graph = build_knn_graph(store, "ucm_captions.image.tiny-vit", k=10)
     audit = audit_near_duplicates(store, graph.artifact_id, 0.99)

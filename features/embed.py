@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clipstore.features import items as sources
 from clipstore.features.augment import ViewSpec, parse_views
-from clipstore.features.items import (CAPTION, CLASSNAME, CORPUS_MODALITIES, IMAGE, MODALITIES, VOCAB_MODALITIES,
-                                      ImageRef)
+from clipstore.features.items import (CAPTION, CLASSNAME, CORPUS_MODALITIES, IMAGE, KEYWORD, MODALITIES,
+                                      VOCAB_MODALITIES, ImageRef)
 from clipstore.features.models import LoadedModel, ModelSpec, load_model
 from clipstore.features.prompts import TemplateSet, prompt_item_id, template_set
 from clipstore.features.vectors import EMBEDDING_TABLES, commit_vectors
@@ -124,10 +124,7 @@ def _jobs(store: Store, modalities: list[str], corpus: str | None, vocab: str | 
             if m == IMAGE and view_spec:
                 jobs.append(Job(m, art, views=view_spec))
         elif m in VOCAB_MODALITIES:
-            if not vocab:
-                raise InputError(f"--modality {m} embeds a vocabulary",
-                                 fix="add --vocab NAME (see `clipstore ls --kind vocab`)")
-            jobs.append(Job(m, sources.vocab_artifact(store, vocab)))
+            jobs.append(Job(m, sources.vocab_artifact(store, vocab or _default_vocab(store, m, corpus))))
         else:
             name = classnames_corpus or corpus
             if not name:
@@ -136,6 +133,18 @@ def _jobs(store: Store, modalities: list[str], corpus: str | None, vocab: str | 
             jobs.append(Job(m, sources.corpus_artifact(store, name), templates=template_set(templates),
                             per_template=per_template))
     return jobs
+
+
+def _default_vocab(store: Store, modality: str, corpus: str | None) -> str:
+    """Without --vocab, the vocabulary mined over the whole --corpus: `mine keywords|concepts
+    --corpus C` names it `keywords.C` / `concepts.C`."""
+    kind = "keywords" if modality == KEYWORD else "concepts"
+    if corpus and store.current("vocab", f"{kind}.{corpus}") is not None:
+        return f"{kind}.{corpus}"
+    mined = f"no {kind} vocabulary of corpus {corpus} yet" if corpus else "no --corpus"
+    raise InputError(f"--modality {modality} embeds a vocabulary: pass --vocab NAME ({mined})",
+                     fix=(f"mine it with `clipstore mine {kind} --corpus {corpus}`, or " if corpus else "")
+                     + "pick one from `clipstore ls --kind vocab`")
 
 
 def _items(store: Store, session: Session, job: Job) -> list:

@@ -237,8 +237,11 @@ def split_of(seed: int, n_images: int) -> list[str]:
     return splits
 
 
+FORMAT_VERSION = 2   # bump when the files written for the same spec change (2: entries carry "class")
+
+
 def spec(seed: int, n_images: int, size: int) -> dict:
-    return {"dataset": "synth", "seed": seed, "size": size, "n_images": n_images,
+    return {"dataset": "synth", "format_version": FORMAT_VERSION, "seed": seed, "size": size, "n_images": n_images,
             "n_classification": max(len(SCENES), round(n_images * CLASSIFICATION_FRACTION)),
             "streams": {"captions": CAPTION_STREAM, "classification": CLASSIFICATION_STREAM, "split": SPLIT_STREAM},
             "splits": SPLIT_FRACTIONS, "captions_per_image": CAPTIONS_PER_IMAGE,
@@ -247,6 +250,15 @@ def spec(seed: int, n_images: int, size: int) -> dict:
             "colours": {k: list(v) for k, v in COLOURS.items()}, "shapes": SHAPES,
             "count_words": {str(k): list(v) for k, v in COUNT_WORDS.items()},
             "templates": {"full": list(FULL_TEMPLATES), "partial": list(PARTIAL_TEMPLATES)}}
+
+
+def is_current(directory: str | Path, *, seed: int = 0, n_images: int = 2000, size: int = 64) -> bool:
+    """Whether DIR holds what `write_synthetic` with these arguments writes now."""
+    path = Path(directory) / "synth.json"
+    try:
+        return json.loads(path.read_text()) == json.loads(json.dumps(spec(seed, n_images, size)))
+    except (OSError, ValueError):
+        return False
 
 
 def write_synthetic(directory: str | Path, *, seed: int = 0, n_images: int = 2000, size: int = 64) -> dict:

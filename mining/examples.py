@@ -23,7 +23,7 @@ FROM image_keywords ik JOIN vocabularies v USING (vocab_id)
 JOIN splits s ON s.sample_id = ik.sample_id AND s.split = $split
 WHERE v.vocab = $keywords GROUP BY s.role ORDER BY s.role"""),
     ("Images whose captions name no scene class (empty class-name candidate sets)",
-     """SELECT ik.corpus, count(*) AS images, any_value(c.text) AS example_caption
+     """SELECT ik.corpus, count(*) AS images, min(c.text) AS example_caption
 FROM image_keywords ik JOIN vocabularies v USING (vocab_id)
 JOIN captions c ON c.sample_id = ik.sample_id AND c.ordinal = 0
 WHERE v.vocab = $classnames AND ik.n_keywords = 0
@@ -40,7 +40,7 @@ WHERE a.concept = $concept GROUP BY b.concept ORDER BY images DESC, b.concept LI
 FROM class_concepts cc JOIN vocabularies v USING (vocab_id)
 WHERE v.vocab = $concepts AND cc.corpus = $corpus
 QUALIFY row_number() OVER (PARTITION BY cc.class ORDER BY cc.n_images DESC, cc.concept) <= 2
-ORDER BY cc.class, images DESC LIMIT 12"""),
+ORDER BY cc.class, images DESC, cc.concept LIMIT 12"""),
     ("Captions shared by the most images",
      """SELECT text, count(DISTINCT sample_id) AS images FROM captions WHERE corpus = $corpus
 GROUP BY text ORDER BY images DESC, text LIMIT 5"""),

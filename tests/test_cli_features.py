@@ -48,3 +48,23 @@ def test_embed_errors_are_clear(tmp_path, shared_data):
     bad = run_cli("--store", store, "embed", "--model", "tiny-vit", "--modality", "image,sound", "--corpus", "x",
                   check=False)
     assert bad.returncode != 0 and "unknown modality 'sound'" in bad.stderr
+
+
+def test_the_issue_command_embeds_all_four_modalities_of_synth(tmp_path):
+    """`embed --corpus synth --modality image,caption,keyword,classname`: the keywords are the
+    vocabulary mined over the corpus (`keywords.synth`), the classes the synth scenes."""
+    store = tmp_path / "store"
+    run_cli("synth", tmp_path / "synth", "--images", "40")
+    run_cli("--store", store, "-q", "ingest", "karpathy", tmp_path / "synth" / "captions", "--name", "synth")
+    command = ("--store", store, "-q", "embed", "--model", "tiny-vit", "--corpus", "synth",
+               "--modality", "image,caption,keyword,classname", "--workers", "1")
+    before = run_cli(*command, check=False)
+    assert before.returncode != 0 and "clipstore mine keywords --corpus synth" in before.stderr
+    run_cli("--store", store, "-q", "mine", "keywords", "--corpus", "synth", "--top", "20")
+    out = run_cli(*command).stdout
+    for line in ("synth.image.tiny-vit: vectors 40", "synth.caption.tiny-vit: vectors 200",
+                 "keywords.synth.keyword.tiny-vit: vectors 20", "synth.classname.tiny-vit: vectors"):
+        assert line in out, out
+    classes = json.loads(run_cli("--store", store, "sql", "--format", "json",
+                                 "SELECT count(DISTINCT class) AS n FROM samples WHERE corpus = 'synth'").stdout)
+    assert f"synth.classname.tiny-vit: vectors {classes[0]['n']}," in out

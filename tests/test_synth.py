@@ -56,6 +56,16 @@ def test_rewriting_replaces_a_previous_output_and_spares_other_folders(tmp_path)
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_is_current_tells_an_output_of_these_arguments_and_this_format(corpus, tmp_path):
+    root = corpus[0]
+    assert synth.is_current(root, seed=SEED, n_images=N_IMAGES)
+    assert not synth.is_current(root, seed=SEED + 1, n_images=N_IMAGES)
+    assert not synth.is_current(tmp_path / "nothing", seed=SEED, n_images=N_IMAGES)
+    old = json.loads((root / "synth.json").read_text())
+    (tmp_path / "synth.json").write_text(json.dumps({**old, "format_version": 1}))
+    assert not synth.is_current(tmp_path, seed=SEED, n_images=N_IMAGES)   # written by an older clipstore
+
+
 def test_layout_is_karpathy_json_like_rsicd(corpus):
     root, summary, spec, entries = corpus
     assert len(entries) == N_IMAGES and summary["captions"]["captions"] == 5 * N_IMAGES
