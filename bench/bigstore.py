@@ -11,13 +11,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from clipstore.ingest.splits import SPLITS
 from clipstore.ingest.tables import CAPTIONS, CORPUS_TABLES, SAMPLES
 from clipstore.ingest.text import normalise_caption
 from clipstore.warehouse.hashing import text_id
-from clipstore.warehouse.parquet import write_table
+from clipstore.warehouse.parquet import commit_part_tables
 from clipstore.warehouse.store import Store
 
 CORPUS, SPLIT = "bench", "bench"
@@ -62,16 +61,10 @@ def build(root: Path, data: Path, n_samples: int = 200_000, part_rows: int = 50_
                                      "text": normalise_caption(raw), "part": part})
                 split_rows.append({"split": SPLIT, "role": str(roles[i]), "corpus": CORPUS, "sample_id": sid,
                                    "image_id": iid, "source_key": key, "source_index": i, "position": i})
-            tmp = corpus.temp_dir(f"p{part}")
-            files = {}
-            for name, rows, schema in (("samples", samples, SAMPLES), ("captions", captions, CAPTIONS)):
-                path = tmp / f"{name}.parquet"
-                files[name] = (path, write_table(pa.Table.from_pylist(rows, schema=schema), path))
-            corpus.commit_part(part, files)
+            commit_part_tables(corpus, part, {"samples": (samples, SAMPLES), "captions": (captions, CAPTIONS)})
         corpus.finish({"samples": n_samples, "captions": int(sum(len(entries[p][1]) for p in picks))})
         split = store.begin(kind="split", name=SPLIT, stage="bench", params={"seed": seed},
                             inputs=[corpus.artifact_id], tables={"splits": {}})
-        tmp = split.temp_dir("p0") / "splits.parquet"
-        split.commit_part(0, {"splits": (tmp, write_table(pa.Table.from_pylist(split_rows, schema=SPLITS), tmp))})
+        commit_part_tables(split, 0, {"splits": (split_rows, SPLITS)})
         split.finish({"rows": len(split_rows)})
     return store

@@ -58,9 +58,8 @@ def audit_near_duplicates(store: Store, ref: str, threshold: float = DEFAULT_THR
         builder = store.begin(kind="audit", name=f"{graph.name}.near_duplicates", stage="near_duplicates",
                               params=params, inputs=[graph.artifact_id], tables=AUDIT_TABLES, config=params)
         with builder.failing_on_error():
-            if builder.complete:
-                done = store.get(builder.artifact_id)
-                return builder.finish(done.counts, done.stats, summary={"reused": True}, noop=True)
+            if (done := builder.reuse_if_complete()) is not None:
+                return done
             pairs, stats = near_duplicate_pairs(store, graph, float(threshold))
             if not builder.committed_parts("near_duplicates"):
                 tmp = builder.temp_dir("parts") / "000000.parquet"

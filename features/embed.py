@@ -280,8 +280,14 @@ def _exit_with(main_pid: int) -> None:
             os._exit(0)
 
 
-def default_workers(n_tasks: int) -> int:
-    """Half the cores decode (the model's threads take the rest), at least one, at most one per shard."""
+IN_PROCESS_IMAGES = 256   # starting workers costs about as much as decoding this many images here
+
+
+def default_workers(n_tasks: int, n_images: int) -> int:
+    """Half the cores decode (the model's threads take the rest), at least one, at most one per
+    shard; none for a small job (an increment of a few images), which decodes in this process."""
+    if n_images <= IN_PROCESS_IMAGES:
+        return 0
     return max(1, min(n_tasks, (os.cpu_count() or 2) // 2, 16))
 
 
@@ -300,12 +306,13 @@ def _embed_images(builder: ArtifactBuilder, part: int, job: Job, model: LoadedMo
     tasks = _image_tasks(refs, view_ids, have)
     if not tasks:
         return 0
-    workers = default_workers(len(tasks)) if workers is None else min(workers, len(tasks))
+    n_images = sum(len(t.items) for t in tasks)
+    workers = default_workers(len(tasks), n_images) if workers is None else min(workers, len(tasks))
     loader = DataLoader(ShardImages(tasks, model.preprocess, job.views, batch_size), batch_size=None,
                         num_workers=workers, worker_init_fn=partial(_worker_init, os.getpid()) if workers else None,
                         multiprocessing_context=_worker_context() if workers else None,
                         pin_memory=model.device.type == "cuda", persistent_workers=False)
-    bar = _progress(progress, f"embed {job.source_name} images", sum(len(t.items) for t in tasks), "img")
+    bar = _progress(progress, f"embed {job.source_name} images", n_images, "img")
     done: dict[int, list[torch.Tensor]] = {t.index: [] for t in tasks}
     finished: set[int] = set()
     next_commit, total = 0, 0

@@ -69,9 +69,8 @@ def build_knn_graph(store: Store, embeddings_ref: str, k: int = 20, *, modality:
         builder = store.begin(kind="knn", name=_graph_name(emb, k, modality, view, method),
                               stage="knn", params=params, inputs=inputs, tables=GRAPH_TABLES, config=params)
         with builder.failing_on_error():
-            if builder.complete:
-                done = store.get(builder.artifact_id)
-                return builder.finish(done.counts, done.stats, summary={"reused": True}, noop=True)
+            if (done := builder.reuse_if_complete()) is not None:
+                return done
             k_used = min(k, len(vectors) - 1)
             if index_art is None:
                 neighbours, sims = self_knn(vectors, k_used)

@@ -172,9 +172,8 @@ def build_index(store: Store, embeddings_ref: str, factory: str = "Flat", *, mod
         builder = store.begin(kind="index", name=name, stage="index", params=params,
                               inputs=[emb.artifact.artifact_id], tables=INDEX_TABLES, config=params)
         with builder.failing_on_error():
-            if builder.complete:
-                done = store.get(builder.artifact_id)
-                return builder.finish(done.counts, done.stats, summary={"reused": True}, noop=True)
+            if (done := builder.reuse_if_complete()) is not None:
+                return done
             return _build(store, builder, items, vectors, factory, nprobe, ef_search, recall_k, recall_queries, seed)
 
 

@@ -100,9 +100,8 @@ def make_split(store: Store, name: str, *, corpora: list[str], unlabeled_corpora
         builder = store.begin(kind="split", name=name, stage="split", params=params,
                               inputs=[a.artifact_id for a in inputs.values()], tables=SPLIT_TABLES, config=params)
         with builder.failing_on_error():
-            if builder.complete:
-                done = store.get(builder.artifact_id)
-                return builder.finish(done.counts, done.stats, summary={"reused": True}, noop=True)
+            if (done := builder.reuse_if_complete()) is not None:
+                return done
             return _write(builder, rows, counts, stats)
 
 

@@ -36,7 +36,7 @@ from clipstore.mining.keywords import write_keyword_vocab
 from clipstore.mining.matching import normalise_keyword
 from clipstore.mining.scope import Scope, resolve_match_scope, resolve_scope
 from clipstore.mining.tables import CLASSNAME_VOCAB_TABLES
-from clipstore.mining.vocab import begin_vocab, reuse_if_complete, vocab_name
+from clipstore.mining.vocab import begin_vocab, vocab_name
 from clipstore.warehouse.errors import InputError
 from clipstore.warehouse.hashing import text_id
 from clipstore.warehouse.sql import Session
@@ -210,7 +210,7 @@ def mine_classnames(store: Store, corpora: list[str], *, normalise: bool = True,
         builder = begin_vocab(store, "classnames", name or vocab_name("classnames", scope.label), params, scope,
                               CLASSNAME_VOCAB_TABLES, extra_inputs=match_scope.input_ids if match_scope else [])
         with builder.failing_on_error():
-            done = reuse_if_complete(builder, store)
+            done = builder.reuse_if_complete()
             if done is not None:
                 return done
             table = name_table(classes, normalise, overrides)

@@ -31,7 +31,7 @@ from clipstore.mining.nlp import DEFAULT_MODEL
 from clipstore.mining.scope import Scope, resolve_scope, scope_captions
 from clipstore.mining.tables import CONCEPT_VOCAB_TABLES
 from clipstore.mining.terms import CaptionMapper, TermParser, TermsConfig, build_terms, read_terms
-from clipstore.mining.vocab import begin_vocab, publish_vocab, reuse_if_complete, vocab_name, vocabulary_row
+from clipstore.mining.vocab import begin_vocab, publish_vocab, vocab_name, vocabulary_row
 from clipstore.warehouse.errors import InputError
 from clipstore.warehouse.hashing import text_id
 from clipstore.warehouse.sql import Session
@@ -81,7 +81,7 @@ def mine_concepts(store: Store, *, split: str | None = None, role: str | None = 
         builder = begin_vocab(store, "concepts", name or vocab_name("concepts", scope.label), params, scope,
                               CONCEPT_VOCAB_TABLES, extra_inputs=terms_ids)
         with builder.failing_on_error():
-            reused = reuse_if_complete(builder, store)
+            reused = builder.reuse_if_complete()
             if reused is not None:
                 return reused
             tables, stats = build_tables(store, scope, terms, settings, builder.artifact_id)

@@ -28,7 +28,7 @@ import pyarrow as pa
 from clipstore.mining.matching import keyword_matrix, match_tokens, normalise_keyword
 from clipstore.mining.scope import Scope, resolve_match_scope, resolve_scope, scope_captions
 from clipstore.mining.tables import KEYWORD_VOCAB_TABLES, SCHEMAS
-from clipstore.mining.vocab import begin_vocab, publish_vocab, reuse_if_complete, vocab_name, vocabulary_row
+from clipstore.mining.vocab import begin_vocab, publish_vocab, vocab_name, vocabulary_row
 from clipstore.warehouse.errors import ClipstoreError, InputError
 from clipstore.warehouse.hashing import text_id
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
@@ -136,7 +136,7 @@ def mine_keywords(store: Store, *, split: str | None = None, role: str | None = 
         builder = begin_vocab(store, "keywords", name or vocab_name("keywords", scope.label), params, scope,
                               KEYWORD_VOCAB_TABLES, extra_inputs=match_scope.input_ids)
         with builder.failing_on_error():
-            done = reuse_if_complete(builder, store)
+            done = builder.reuse_if_complete()
             if done is not None:
                 return done
             return _mine(store, builder, scope, match_scope, settings, unique_captions, progress)

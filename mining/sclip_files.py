@@ -24,7 +24,7 @@ from clipstore.mining.keywords import write_keyword_vocab
 from clipstore.mining.matching import match_tokens, normalise_keyword
 from clipstore.mining.scope import resolve_match_scope
 from clipstore.mining.tables import KEYWORD_VOCAB_TABLES
-from clipstore.mining.vocab import begin_vocab, reuse_if_complete
+from clipstore.mining.vocab import begin_vocab
 from clipstore.warehouse import fs
 from clipstore.warehouse.errors import InputError, NotFoundError
 from clipstore.warehouse.hashing import digest, file_sha256
@@ -205,7 +205,7 @@ def import_keywords(store: Store, files_or_dir: str | Path | Sequence[str | Path
         builder = begin_vocab(store, "keywords", name, params, None, KEYWORD_VOCAB_TABLES,
                               extra_inputs=match_scope.input_ids if match_scope else [])
         with builder.failing_on_error():
-            done = reuse_if_complete(builder, store)
+            done = builder.reuse_if_complete()
             if done is not None:
                 return done
             stats = {"files": [f.summary() for f in ranking.files], "notes": ranking.notes}

@@ -34,7 +34,7 @@ from clipstore.mining.nlp import DEFAULT_MODEL, NounExtractor
 from clipstore.mining.scope import resolve_scope, scope_captions
 from clipstore.mining.tables import CAPTION_TERMS, TERMS_TABLES
 from clipstore.warehouse.errors import ClipstoreError, InputError
-from clipstore.warehouse.parquet import table_spec, write_table
+from clipstore.warehouse.parquet import commit_part_tables, table_spec
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 
 KIND = "terms"
@@ -376,12 +376,8 @@ def _commit(builder: ArtifactBuilder, part: int, rows: list[dict], terms: list[C
         term_rows += [{**base, "kind": "yake", "term": k, "score": s, "part": part} for k, s in t.keyphrases]
         ledger.append({**base, "n_nouns": len(t.nouns), "n_phrases": len(t.phrases),
                        "n_keyphrases": len(t.keyphrases), "part": part})
-    tmp = builder.temp_dir(f"part-{part:06d}")
-    files = {}
-    for name, data, schema in (("caption_terms", term_rows, CAPTION_TERMS), ("parsed_captions", ledger, PARSED_CAPTIONS)):
-        path = tmp / f"{name}.parquet"
-        files[name] = (path, write_table(pa.Table.from_pylist(data, schema=schema), path))
-    builder.commit_part(part, files)
+    commit_part_tables(builder, part, {"caption_terms": (term_rows, CAPTION_TERMS),
+                                       "parsed_captions": (ledger, PARSED_CAPTIONS)})
 
 
 def _totals(builder: ArtifactBuilder) -> tuple[dict, dict]:

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from clipstore.mining.scope import Scope
 from clipstore.mining.tables import SCHEMAS, TABLES_VERSION
-from clipstore.warehouse.parquet import write_table
+from clipstore.warehouse.parquet import commit_part_tables
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 
 
@@ -33,25 +33,10 @@ def vocabulary_row(builder: ArtifactBuilder, kind: str, scope_label: str, method
             "method": method, "params": json.dumps(params, sort_keys=True, default=str), "n_entries": n_entries}
 
 
-def commit_tables(builder: ArtifactBuilder, tables: dict[str, pa.Table | list[dict]], part: int = 0) -> dict[str, int]:
-    """Publish the vocabulary's tables as one part; returns rows per table."""
-    tmp = builder.temp_dir(f"part-{part:06d}")
-    files, counts = {}, {}
-    for name, data in tables.items():
-        table = data if isinstance(data, pa.Table) else pa.Table.from_pylist(data, schema=SCHEMAS[name])
-        path = tmp / f"{name}.parquet"
-        counts[name] = write_table(table.cast(SCHEMAS[name]), path)
-        files[name] = (path, counts[name])
-    builder.commit_part(part, files)
-    return counts
-
-
-def reuse_if_complete(builder: ArtifactBuilder, store: Store) -> Artifact | None:
-    """The finished artifact when this exact recipe already completed (re-mining does nothing)."""
-    if not builder.complete:
-        return None
-    done = store.get(builder.artifact_id)
-    return builder.finish(done.counts, done.stats, summary={"reused": True}, noop=True)
+def commit_tables(builder: ArtifactBuilder, tables: dict[str, pa.Table | list[dict]],
+                  part: int = 0) -> dict[str, int]:
+    """Publish the vocabulary's tables (rows or Arrow tables, by table name) as one part; returns rows per table."""
+    return commit_part_tables(builder, part, {name: (data, SCHEMAS[name]) for name, data in tables.items()})
 
 
 def publish_vocab(store: Store, builder: ArtifactBuilder, tables: dict[str, pa.Table | list[dict]], *,

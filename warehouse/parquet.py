@@ -35,6 +35,20 @@ def write_parquet(rows: list[dict], schema: pa.Schema, path: Path) -> int:
     return write_table(pa.Table.from_pylist(rows, schema=schema), path)
 
 
+def commit_part_tables(builder, part: int, tables: dict[str, tuple[pa.Table | list[dict], pa.Schema]]) -> dict[str, int]:
+    """Publish one part of an artifact (an ArtifactBuilder) holding these tables, each given as
+    rows or an Arrow table with its schema; returns the rows written per table."""
+    tmp = builder.temp_dir(f"part-{part:06d}")
+    files, counts = {}, {}
+    for name, (data, schema) in tables.items():
+        table = data.cast(schema) if isinstance(data, pa.Table) else pa.Table.from_pylist(data, schema=schema)
+        path = tmp / f"{name}.parquet"
+        counts[name] = write_table(table, path)
+        files[name] = (path, counts[name])
+    builder.commit_part(part, files)
+    return counts
+
+
 def read_parquet(paths: list[Path], columns: list[str] | None = None) -> pa.Table:
     if not paths:
         return pa.table({})

@@ -234,6 +234,14 @@ class ArtifactBuilder:
     def complete(self) -> bool:
         return self.previous_status == "complete"
 
+    def reuse_if_complete(self) -> Artifact | None:
+        """The finished artifact when this exact recipe already completed: the run is recorded
+        as a no-op and nothing is recomputed. None when there is work to do."""
+        if not self.complete:
+            return None
+        done = self.store.get(self.artifact_id)
+        return self.finish(done.counts, done.stats, summary={"reused": True}, noop=True)
+
     def _sweep_orphans(self) -> None:
         """Delete files a killed run renamed into place but never committed, and stale temp dirs."""
         committed = {p for _, _, p in self.store.parts(self.artifact_id)}
