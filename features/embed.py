@@ -250,8 +250,9 @@ def _decode(tar, ref: ImageRef) -> Image.Image:
 
 
 def _worker_context():
-    """Workers fork from a clean server process (imports preloaded), not from this one: a forked
-    worker would inherit the store's writer lock and hold it for seconds after a SIGKILL."""
+    """Workers fork from a clean server process (imports preloaded), not from this one: this
+    process runs the model on torch's OpenMP thread pool, which is not fork-safe, and the
+    workers' preprocess runs torch ops too."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["clipstore.features.embed"])
     return ctx

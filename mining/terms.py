@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import queue
+import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, replace
@@ -95,11 +96,14 @@ class TermParser:
 _READY = -1  # what a helper sends once its pipeline is loaded
 
 
-def _helper_main(config: TermsConfig, trained: bool, tasks, results, parent_pid: int) -> None:
-    """A helper process: load the pipeline once, then parse (index, texts) batches until told to
-    stop (None) or until its parent is gone (a killed run must not leave helpers behind)."""
-    # the parent already settled the mode: a helper does not look for the trained pipeline again
-    parser = TermParser(config if trained else replace(config, model=None), require_trained=trained)
+def _helper_main(parser: TermParser | tuple[TermsConfig, bool], tasks, results, parent_pid: int) -> None:
+    """A helper process: with the parent's loaded pipeline (forked) or after loading its own
+    (spawned: `parser` is (config, trained)), parse (index, texts) batches until told to stop
+    (None) or until its parent is gone (a killed run must not leave helpers behind)."""
+    if not isinstance(parser, TermParser):
+        # the parent already settled the mode: a helper does not look for the trained pipeline again
+        config, trained = parser
+        parser = TermParser(config if trained else replace(config, model=None), require_trained=trained)
     results.put((_READY, None, None))
     while True:
         try:
@@ -242,13 +246,17 @@ class CaptionMapper:
     def _start_helpers(self) -> None:
         if self._helpers:
             return
-        # spawn: a helper starts at once and imports spaCy on its own while this process works
-        ctx = multiprocessing.get_context("spawn")
+        # On Linux a forked helper starts with this process's loaded pipeline and parses at once;
+        # a spawned one (elsewhere) first imports spaCy (seconds) while this process works.
+        # Forking is safe here: helpers run spaCy and YAKE only, never torch, and the store's
+        # writer lock is not inherited (warehouse.lock closes it in the child).
+        forked = sys.platform.startswith("linux")
+        ctx = multiprocessing.get_context("fork" if forked else "spawn")
         self._tasks, self._results = ctx.Queue(), ctx.Queue()
-        trained = self.parser.nouns.mode == "trained"
+        parser = self.parser if forked else (self.config, self.parser.nouns.mode == "trained")
         for _ in range(self.workers - 1):
             helper = ctx.Process(target=_helper_main, daemon=True,
-                                 args=(self.config, trained, self._tasks, self._results, os.getpid()))
+                                 args=(parser, self._tasks, self._results, os.getpid()))
             helper.start()
             self._helpers.append(helper)
 

@@ -86,6 +86,31 @@ def test_writer_lock_names_holder_and_wait_queues(tmp_path):
         holder.join(10)
 
 
+def test_a_forked_child_does_not_keep_the_writer_lock(tmp_path):
+    """Helpers forked by a writer (caption parsing) must not hold the store after it lets go, or
+    after it is killed: the child closes its inherited copy of the lock."""
+    root = tmp_path / "store"
+    store = Store(root)
+    ctx = multiprocessing.get_context("fork")
+    running, release = ctx.Event(), ctx.Event()
+    with store.writing():
+        child = ctx.Process(target=_signal_and_wait, args=(running, release), daemon=True)
+        child.start()
+        assert running.wait(10)   # past the fork hooks
+    try:
+        assert child.is_alive()
+        with store.writing():   # without the child's close this raises StoreLockedError
+            pass
+    finally:
+        release.set()
+        child.join(10)
+
+
+def _signal_and_wait(running, release):
+    running.set()
+    release.wait(20)
+
+
 @pytest.mark.parametrize("sql", [
     "CREATE TABLE t AS SELECT 1",
     "INSERT INTO artifacts SELECT * FROM artifacts",

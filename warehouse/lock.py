@@ -11,6 +11,23 @@ from pathlib import Path
 
 from clipstore.warehouse.errors import StoreLockedError
 
+_HELD: set[int] = set()   # descriptors of the writer locks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: close the parent's lock descriptors. A flock belongs to the open file,
+    which a fork shares, so a child that kept them would hold the store's lock after its parent
+    died (a SIGKILLed run's helpers). The parent's own descriptors keep the lock held."""
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
 
 def _holder() -> dict:
     return {
@@ -54,10 +71,12 @@ def writer_lock(store_root: Path, wait: bool = False, timeout: float | None = No
                         fix="wait for that run to finish, or pass --wait to queue behind it",
                     ) from None
                 time.sleep(0.2)
+        _HELD.add(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_holder()).encode(), 0)
         yield
     finally:
+        _HELD.discard(fd)
         try:
             os.ftruncate(fd, 0)
         except OSError:
