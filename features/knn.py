@@ -14,10 +14,15 @@ everywhere and the yardstick that every approximate index is measured against.
   on the float16 path, among the candidates). Results are therefore deterministic.
 - Self-matches: `self_rows[i]` is the database row of query i, left out of its results (the
   self-kNN graph). A query row's duplicates (other rows with the same vector) are kept.
+- The self-kNN graph (`self_knn`) uses the symmetry of the similarity matrix: each pair of row
+  blocks is multiplied once and its scores, read by rows and by columns, serve both blocks, for
+  about half the products of `exact_knn(x, x)` and the same result.
 - k larger than what exists: k is clamped to the number of database rows a query may return,
   so the result has `min(k, n - excluded)` columns."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -27,6 +32,7 @@ from clipstore.warehouse.errors import InputError
 DB_BLOCK = 1 << 17              # database rows per block
 DEFAULT_MEMORY_MB = 256         # budget for one block of scores
 FP16_MARGIN = 16                # extra candidates per query kept before the float32 re-score
+CPU_SELF_BLOCK = 2048           # self_knn's square blocks on a CPU: the transposed top-k stays in cache
 
 
 def default_device() -> str:
@@ -45,8 +51,7 @@ def exact_knn(queries: np.ndarray, database: np.ndarray, k: int, *, self_rows: n
     if queries.shape[1] != database.shape[1]:
         raise InputError(f"queries have dimension {queries.shape[1]} but the database {database.shape[1]}",
                          fix="search vectors made by the same model (same embedding size)")
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise InputError(f"k must be a positive integer, got {k!r}", fix="pass e.g. k=10")
+    _check_k(k)
     if self_rows is not None:
         self_rows = np.asarray(self_rows, dtype=np.int64)
         if self_rows.shape != (len(queries),):
@@ -70,16 +75,55 @@ def exact_knn(queries: np.ndarray, database: np.ndarray, k: int, *, self_rows: n
         for q0 in range(0, n_q, q_block):
             q = torch.from_numpy(np.asarray(queries[q0:q0 + q_block], dtype=np.float32)).to(device)
             own = None if self_rows is None else torch.from_numpy(self_rows[q0:q0 + q_block] - d0).to(device)
-            idx, sim = _block_topk(q, block, block_half, k, own)
+            scores = q.half() @ block_half.T if half else q @ block.T
+            idx, sim = _block_topk(scores, q, block, k, own, rescore=half)
             parts_idx.append(idx.cpu() + d0)
             parts_sim.append(sim.cpu())
         best_idx, best_sim = _merge(best_idx, best_sim, torch.cat(parts_idx), torch.cat(parts_sim), k)
     return best_idx.numpy(), best_sim.numpy()
 
 
-def self_knn(vectors: np.ndarray, k: int, **options) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's k nearest other rows (the kNN graph); see `exact_knn`."""
-    return exact_knn(vectors, vectors, k, self_rows=np.arange(len(vectors)), **options)
+def self_knn(vectors: np.ndarray, k: int, *, device: str | None = None, half: bool | None = None,
+             memory_mb: float = DEFAULT_MEMORY_MB, db_block: int = DB_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k nearest other rows (the kNN graph): what `exact_knn(vectors, vectors, k,
+    self_rows=arange(n))` returns, from half the products (see the module doc). Square blocks
+    of rows hold at most `db_block` rows and one block of scores stays under `memory_mb`."""
+    x = _as_matrix(vectors, "vectors")
+    _check_k(k)
+    n = len(x)
+    k = int(min(k, n - 1))
+    if n == 0 or k <= 0:
+        return np.zeros((n, max(k, 0)), dtype=np.int64), np.zeros((n, max(k, 0)), dtype=np.float32)
+    device = device or default_device()
+    half = device.startswith("cuda") if half is None else half
+    cap = CPU_SELF_BLOCK if device == "cpu" else db_block
+    size = int(max(1, min(n, db_block, cap, math.isqrt(int(memory_mb * 2**20 / (2 if half else 4))))))
+    starts = list(range(0, n, size))
+    best = [(torch.empty((min(size, n - s), 0), dtype=torch.int64), torch.empty((min(size, n - s), 0)))
+            for s in starts]
+
+    def add(block: int, idx: torch.Tensor, sim: torch.Tensor, offset: int) -> None:
+        best[block] = _merge(*best[block], idx.cpu() + offset, sim.cpu(), k)
+
+    # Row block r sees column blocks in ascending order (0..r-1 through the transposed scores of
+    # earlier rows of this loop, then r, r+1, ...), so merging keeps ties on the lowest rows.
+    for bi, a0 in enumerate(starts):
+        a, a_half = _device_rows(x, a0, size, device, half)
+        for bj in range(bi, len(starts)):
+            b0 = starts[bj]
+            b, b_half = (a, a_half) if bj == bi else _device_rows(x, b0, size, device, half)
+            scores = a_half @ b_half.T if half else a @ b.T
+            if bj == bi:
+                add(bi, *_block_topk(scores, a, a, k, torch.arange(len(a), device=a.device), rescore=half), b0)
+                continue
+            add(bi, *_block_topk(scores, a, b, k, None, rescore=half), b0)
+            add(bj, *_block_topk(scores.T.contiguous(), b, a, k, None, rescore=half), a0)
+    return torch.cat([i for i, _ in best]).numpy(), torch.cat([s for _, s in best]).numpy()
+
+
+def _device_rows(x: np.ndarray, start: int, size: int, device: str, half: bool):
+    rows = torch.from_numpy(np.asarray(x[start:start + size], dtype=np.float32)).to(device)
+    return rows, rows.half() if half else None
 
 
 def recall_at_k(found: np.ndarray, queries: np.ndarray, database: np.ndarray, exact_sims: np.ndarray,
@@ -103,6 +147,11 @@ def recall_at_k(found: np.ndarray, queries: np.ndarray, database: np.ndarray, ex
 
 
 # ---- internals --------------------------------------------------------------------------------
+def _check_k(k) -> None:
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}", fix="pass e.g. k=10")
+
+
 def _as_matrix(x: np.ndarray, what: str) -> np.ndarray:
     x = np.asarray(x) if not isinstance(x, np.ndarray) else x
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
@@ -114,19 +163,19 @@ def _as_matrix(x: np.ndarray, what: str) -> np.ndarray:
     return x
 
 
-def _block_topk(q: torch.Tensor, block: torch.Tensor, block_half: torch.Tensor | None, k: int,
-                own: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of one query block against one database block, ordered (-sim, row)."""
+def _block_topk(scores: torch.Tensor, q: torch.Tensor, block: torch.Tensor, k: int, own: torch.Tensor | None,
+                rescore: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of one query block against one database block from their scores (float32, or
+    float16 with `rescore`: candidates re-scored exactly), ordered (-sim, row)."""
     n = block.shape[0]
-    scores = q.half() @ block_half.T if block_half is not None else q @ block.T
     if own is not None:  # rows outside this block fall outside [0, n) and are left alone
         inside = (own >= 0) & (own < n)
         scores[inside.nonzero().squeeze(1), own[inside]] = -torch.inf
     # one extra candidate shows whether a value ties with the k-th (float32) or gives the
     # float16 scores room for rounding
-    take = min(n, k + (FP16_MARGIN if block_half is not None else 1))
+    take = min(n, k + (FP16_MARGIN if rescore else 1))
     sims, idx = torch.topk(scores, take, dim=1)
-    if block_half is not None:  # re-score the float16 candidates exactly
+    if rescore:  # re-score the float16 candidates exactly
         sims = torch.einsum("qd,qcd->qc", q, block[idx])
         if own is not None:
             sims = torch.where(idx == own[:, None], torch.full_like(sims, -torch.inf), sims)

@@ -66,6 +66,23 @@ def test_self_knn_excludes_each_row_and_clamps_k():
     assert idx.shape == (4, 2)
 
 
+@pytest.mark.parametrize("memory_mb, db_block", [(256, 1 << 17), (0.2, 4000), (1, 333), (0.01, 97)])
+@pytest.mark.parametrize("half", [False, True])
+def test_symmetric_self_knn_equals_the_query_by_query_search(memory_mb, db_block, half):
+    """self_knn multiplies each pair of row blocks once and reads the scores both ways; the result
+    is exact_knn's, last uneven block, exact duplicates and float16 candidates included (up to
+    float32 rounding, which depends on the shape of the product)."""
+    base = clustered(1000, 24, seed=8)
+    x = np.concatenate([base, base[:30]])   # 30 exact duplicates
+    want_idx, want_sims = exact_knn(x, x, 13, self_rows=np.arange(len(x)), half=half, memory_mb=memory_mb,
+                                    db_block=db_block)
+    idx, sims = self_knn(x, 12, half=half, memory_mb=memory_mb, db_block=db_block)
+    np.testing.assert_allclose(sims, want_sims[:, :12], atol=1e-6)
+    clear = separated(want_sims, 12)   # a duplicate's two copies tie up to rounding: not compared
+    assert clear.mean() > 0.5 and (idx[clear] == want_idx[clear, :12]).all()
+    assert (sims[1000:, 0] > 0.999).all() and (idx[1000:, 0] == np.arange(30)).all()   # its original
+
+
 def test_ties_go_to_the_lowest_rows_in_every_block_layout():
     # small integer vectors: inner products are exact, so ties are real and plentiful
     v = np.random.default_rng(4).integers(-1, 2, size=(600, 6)).astype(np.float32)
