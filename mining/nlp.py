@@ -2,8 +2,10 @@
 
 Two modes, recorded in every recipe through `NounExtractor.info`:
 
-- "trained": an installed spaCy English pipeline (default `en_core_web_sm`): nouns are tokens
-  tagged NN* (the SemiCLIP rule), as lemmas; noun phrases are the parser's noun chunks.
+- "trained": an installed spaCy English pipeline (default `en_core_web_sm`, or a pipeline folder):
+  nouns are tokens tagged NN* (the SemiCLIP rule), as lemmas; noun phrases are the parser's noun
+  chunks. A pipeline without a parser gives runs of JJ*/NN* tags ending in a noun instead, and
+  one without a lemmatizer the lower-cased words.
 - "fallback": when that pipeline is not installed, `spacy.blank("en")` with the lookup
   lemmatizer of spacy-lookups-data, and a part-of-speech test built on the WordNet word lists
   those lookups ship (`en_lemma_index`: WordNet's nouns, verbs, adjectives and adverbs, with
@@ -139,15 +141,34 @@ def _unique(items) -> tuple[str, ...]:
 
 
 def _trained_nouns(doc) -> Nouns:
-    nouns = [t.lemma_.lower() for t in doc if t.tag_.startswith("NN") and _is_word(t)]
+    nouns = [_lemma(t) for t in doc if t.tag_.startswith("NN") and _is_word(t)]
     phrases = []
-    for chunk in doc.noun_chunks:
+    for chunk in doc.noun_chunks if doc.has_annotation("DEP") else _tag_runs(doc):
         words = list(chunk)
         while words and not _is_word(words[0]):  # "a", "many", "two": not part of the concept
             words.pop(0)
         if len(words) >= 2 and all(_is_word(t) for t in words) and words[-1].tag_.startswith("NN"):
-            phrases.append(" ".join([t.lower_ for t in words[:-1]] + [words[-1].lemma_.lower()]))
+            phrases.append(" ".join([t.lower_ for t in words[:-1]] + [_lemma(words[-1])]))
     return Nouns(_unique(nouns), _unique(phrases))
+
+
+def _lemma(token) -> str:
+    return (token.lemma_ or token.text).lower()
+
+
+def _tag_runs(doc):
+    """Noun phrases without a parser: maximal runs of adjective and noun tags, cut after their
+    last noun ("green trees", "parking lot")."""
+    run: list = []
+    for token in list(doc) + [None]:
+        if token is not None and token.tag_[:2] in ("JJ", "NN"):
+            run.append(token)
+            continue
+        while run and not run[-1].tag_.startswith("NN"):
+            run.pop()
+        if run:
+            yield run
+        run = []
 
 
 # ---- fallback --------------------------------------------------------------------------------

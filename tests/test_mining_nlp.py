@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import spacy
 
-from clipstore.mining.nlp import DEFAULT_MODEL, NounExtractor
+from clipstore.mining.nlp import DEFAULT_MODEL, NounExtractor, Nouns
 from clipstore.warehouse.errors import ClipstoreError, NotFoundError
 
 
@@ -125,3 +125,100 @@ def test_whole_rsicd_corpus_plurals_become_lemmas(extractor, rsicd):
     assert nouns["bareland"] > 400
     # verbs that WordNet also lists as nouns are read from their context
     assert nouns["lying"] + nouns["surround"] < 0.05 * nouns["tree"]
+
+
+# ---- the trained mode -------------------------------------------------------------------------
+# Real RSICD and UCM captions with their Penn Treebank tags, to train a small tagger on.
+TAGGED = [
+    ("some white cars are parked in the parking lot .", "DT JJ NNS VBP VBN IN DT NN NN ."),
+    ("a tennis court is next to some green trees .", "DT NN NN VBZ JJ IN DT JJ NNS ."),
+    ("there is a long bridge over the river .", "EX VBZ DT JJ NN IN DT NN ."),
+    ("a plane is parked on an airport next to a road .", "DT NN VBZ VBN IN DT NN JJ IN DT NN ."),
+    ("two storage tanks are on the ground .", "CD NN NNS VBP IN DT NN ."),
+    ("eight storage tanks are surrounded by green meadows .", "CD NN NNS VBP VBN IN JJ NNS ."),
+    ("many storage tanks are surrounded by many bareland .", "JJ NN NNS VBP VBN IN JJ NN ."),
+    ("many buildings and green trees are in a dense residential area .", "JJ NNS CC JJ NNS VBP IN DT JJ JJ NN ."),
+    ("many planes are parked in an airport .", "JJ NNS VBP VBN IN DT NN ."),
+    ("it is a large piece of yellow bareland .", "PRP VBZ DT JJ NN IN JJ NN ."),
+    ("the trees are green , the lake is green and the buildings are colorful .",
+     "DT NNS VBP JJ , DT NN VBZ JJ CC DT NNS VBP JJ ."),
+]
+
+
+@pytest.fixture(scope="module")
+def tagger_pipeline(tmp_path_factory) -> Path:
+    """A trained English pipeline of our own (a tagger and spaCy's lookup lemmatizer), saved as
+    a folder: what `--spacy-model PATH` loads, with no parser."""
+    import random
+
+    from spacy.training import Example
+
+    nlp = spacy.blank("en")
+    tagger = nlp.add_pipe("tagger")
+    examples = [Example.from_dict(nlp.make_doc(text), {"tags": tags.split()}) for text, tags in TAGGED]
+    for tag in sorted({t for _, tags in TAGGED for t in tags.split()}):
+        tagger.add_label(tag)
+    optimizer = nlp.initialize(lambda: examples)
+    rng = random.Random(0)
+    for _ in range(40):
+        rng.shuffle(examples)
+        nlp.update(examples, sgd=optimizer)
+    nlp.add_pipe("lemmatizer", config={"mode": "lookup"}).initialize()
+    path = tmp_path_factory.mktemp("spacy") / "en_rs_tagger"
+    nlp.meta["name"] = "rs_tagger"
+    nlp.to_disk(path)
+    return path
+
+
+def test_a_trained_pipeline_folder_is_used_with_its_tags_and_lemmas(tagger_pipeline):
+    extractor = NounExtractor(str(tagger_pipeline), require_trained=True)
+    assert extractor.info["mode"] == "trained" and extractor.info["pipeline"] == "en_rs_tagger"
+    assert extractor.info["pipes"] == ["tagger", "lemmatizer"]
+    got = extractor.extract_many([text for text, _ in TAGGED])
+    for (text, tags), terms in zip(TAGGED, got):
+        words = [(w, t) for w, t in zip(text.split(), tags.split())]
+        assert len(terms.nouns) == len({w for w, t in words if t.startswith("NN")}), (text, terms)
+    assert got[0].phrases == ("white car", "parking lot")       # tag runs, as there is no parser
+    assert got[5] == Nouns(("storage", "tank", "meadow"), ("storage tank", "green meadow"))  # "eight": no word
+    assert got[7] == Nouns(("building", "tree", "area"), ("green tree", "dense residential area"))
+    assert got[10] == Nouns(("tree", "lake", "building"), ())   # predicate adjectives are no modifiers
+    assert got[8].phrases == ()                                  # "many" is a stop word
+
+
+def test_noun_chunks_of_a_parsed_doc():
+    """With a dependency parse, phrases are spaCy's noun chunks (here a parse given by hand)."""
+    from spacy.tokens import Doc
+
+    from clipstore.mining.nlp import _trained_nouns
+
+    nlp = spacy.blank("en")
+    words = "many green trees are around a dense residential area".split()
+    doc = Doc(nlp.vocab, words=words,
+              tags="JJ JJ NNS VBP IN DT JJ JJ NN".split(), pos="ADJ ADJ NOUN AUX ADP DET ADJ ADJ NOUN".split(),
+              lemmas="many green tree be around a dense residential area".split(),
+              heads=[2, 2, 3, 3, 3, 8, 8, 8, 4], deps="amod amod nsubj ROOT prep det amod amod pobj".split())
+    assert _trained_nouns(doc) == Nouns(("tree", "area"), ("green tree", "dense residential area"))
+    no_lemmas = Doc(nlp.vocab, words=words, tags="JJ JJ NNS VBP IN DT JJ JJ NN".split())
+    assert _trained_nouns(no_lemmas) == Nouns(("trees", "area"), ("green trees", "dense residential area"))
+
+
+def test_concepts_mined_with_a_trained_pipeline_record_it(tagger_pipeline, shared_data, tmp_path):
+    """`mine concepts --spacy-model PATH` end to end (two processes): the recipe names the
+    trained pipeline, so its vocabulary and parse cache are other artifacts than the fallback's."""
+    from clipstore.ingest.pipeline import ingest
+    from clipstore.mining.concepts import mine_concepts
+    from clipstore.warehouse.sql import query
+    from clipstore.warehouse.store import Store
+
+    store = Store(tmp_path / "store")
+    ingest(store, "sydney_captions", shared_data / "sydney_captions", images=shared_data / "sydney_captions" / "imgs",
+           keep_missing=True, workers=1, progress=False)
+    trained = mine_concepts(store, corpora=["sydney_captions"], model=str(tagger_pipeline), require_trained=True,
+                            workers=2, progress=False)
+    fallback = mine_concepts(store, corpora=["sydney_captions"], model=None, name="concepts.fallback",
+                             workers=1, progress=False)
+    assert trained.params["extractor"] == "trained" and fallback.params["extractor"] == "fallback"
+    assert set(trained.params["terms"].values()).isdisjoint(fallback.params["terms"].values())
+    words = {r["concept"] for r in query(store, "SELECT concept FROM concepts WHERE vocab_id = ?",
+                                         [trained.artifact_id]).to_pylist()}
+    assert {"airport", "building", "river", "runway"} <= words, " ".join(sorted(words))
