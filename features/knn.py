@@ -96,7 +96,7 @@ def self_knn(vectors: np.ndarray, k: int, *, device: str | None = None, half: bo
         return np.zeros((n, max(k, 0)), dtype=np.int64), np.zeros((n, max(k, 0)), dtype=np.float32)
     device = device or default_device()
     half = device.startswith("cuda") if half is None else half
-    cap = CPU_SELF_BLOCK if device == "cpu" else db_block
+    cap = db_block if device.startswith("cuda") else CPU_SELF_BLOCK
     size = int(max(1, min(n, db_block, cap, math.isqrt(int(memory_mb * 2**20 / (2 if half else 4))))))
     starts = list(range(0, n, size))
     best = [(torch.empty((min(size, n - s), 0), dtype=torch.int64), torch.empty((min(size, n - s), 0)))
