@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from clipstore.features.graph import build_knn_graph, load_knn_graph
 from clipstore.warehouse.errors import InputError
-from clipstore.warehouse.parquet import read_parquet, table_spec, write_table
+from clipstore.warehouse.parquet import commit_part_tables, read_parquet, table_spec
 from clipstore.warehouse.store import Artifact, Store
 
 DEFAULT_THRESHOLD = 0.95
@@ -62,10 +62,9 @@ def audit_near_duplicates(store: Store, ref: str, threshold: float = DEFAULT_THR
                 return done
             pairs, stats = near_duplicate_pairs(store, graph, float(threshold))
             if not builder.committed_parts("near_duplicates"):
-                tmp = builder.temp_dir("parts") / "000000.parquet"
                 table = pairs.append_column("artifact_id", pa.array([builder.artifact_id] * pairs.num_rows,
                                                                     pa.string())).select(NEAR_DUPLICATES.names)
-                builder.commit_part(0, {"near_duplicates": (tmp, write_table(table.cast(NEAR_DUPLICATES), tmp))})
+                commit_part_tables(builder, 0, {"near_duplicates": (table, NEAR_DUPLICATES)})
             builder.write_file("stats.json", json.dumps(stats, indent=1, sort_keys=True))
             counts = {"pairs": pairs.num_rows}
             return builder.finish(counts, stats, summary={**counts, "threshold": threshold,

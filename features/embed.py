@@ -124,7 +124,7 @@ def _jobs(store: Store, modalities: list[str], corpus: str | None, vocab: str | 
             if m == IMAGE and view_spec:
                 jobs.append(Job(m, art, views=view_spec))
         elif m in VOCAB_MODALITIES:
-            jobs.append(Job(m, sources.vocab_artifact(store, vocab or _default_vocab(store, m, corpus))))
+            jobs.append(Job(m, sources.vocab_artifact(store, vocab) if vocab else _default_vocab(store, m, corpus)))
         else:
             name = classnames_corpus or corpus
             if not name:
@@ -135,14 +135,15 @@ def _jobs(store: Store, modalities: list[str], corpus: str | None, vocab: str | 
     return jobs
 
 
-def _default_vocab(store: Store, modality: str, corpus: str | None) -> str:
+def _default_vocab(store: Store, modality: str, corpus: str | None) -> Artifact:
     """Without --vocab, the vocabulary mined over the whole --corpus: `mine keywords|concepts
     --corpus C` names it `keywords.C` / `concepts.C`."""
     kind = "keywords" if modality == KEYWORD else "concepts"
-    if corpus and store.current("vocab", f"{kind}.{corpus}") is not None:
-        return f"{kind}.{corpus}"
-    mined = f"no {kind} vocabulary of corpus {corpus} yet" if corpus else "no --corpus"
-    raise InputError(f"--modality {modality} embeds a vocabulary: pass --vocab NAME ({mined})",
+    mined = store.current("vocab", f"{kind}.{corpus}") if corpus else None
+    if mined is not None:
+        return mined
+    why = f"no {kind} vocabulary of corpus {corpus} yet" if corpus else "no --corpus"
+    raise InputError(f"--modality {modality} embeds a vocabulary: pass --vocab NAME ({why})",
                      fix=(f"mine it with `clipstore mine {kind} --corpus {corpus}`, or " if corpus else "")
                      + "pick one from `clipstore ls --kind vocab`")
 

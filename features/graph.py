@@ -21,7 +21,7 @@ from clipstore.features.index import build_index, load_index, measure_recall, se
 from clipstore.features.knn import self_knn
 from clipstore.features.vectors import Embeddings, load_embeddings
 from clipstore.warehouse.errors import ClipstoreError, InputError
-from clipstore.warehouse.parquet import read_parquet, table_spec, write_table
+from clipstore.warehouse.parquet import commit_part_tables, read_parquet, table_spec
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 
 NODES = pa.schema([
@@ -127,14 +127,11 @@ def _write(builder: ArtifactBuilder, items: pa.Table, neighbours: np.ndarray, si
         if part in done:
             continue
         stop = min(n, start + NODES_PER_PART)
-        tmp = builder.temp_dir(f"part-{part:06d}")
-        edges_file = tmp / f"{part:06d}.parquet"
-        edges = _edges(builder.artifact_id, ids, sample_ids, neighbours[start:stop], sims[start:stop], start)
-        files = {"knn_edges": (edges_file, write_table(edges, edges_file))}
+        tables = {"knn_edges": (_edges(builder.artifact_id, ids, sample_ids, neighbours[start:stop],
+                                       sims[start:stop], start), EDGES)}
         if part == 0:
-            nodes_file = builder.temp_dir("nodes") / "000000.parquet"
-            files["knn_nodes"] = (nodes_file, write_table(_nodes(builder.artifact_id, items), nodes_file))
-        builder.commit_part(part, files)
+            tables["knn_nodes"] = (_nodes(builder.artifact_id, items), NODES)
+        commit_part_tables(builder, part, tables)
     missing = int((neighbours < 0).sum())
     stats = {**quality, "k": k, "k_requested": k_asked, "nodes": n, "edges": n * k - missing,
              "missing_edges": missing, "sim_mean": float(sims[neighbours >= 0].mean()) if n * k > missing else None}

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from clipstore.warehouse.parquet import write_parquet
+from clipstore.warehouse.parquet import commit_part_tables
 from clipstore.warehouse.errors import InputError, NotFoundError
 from clipstore.warehouse.hashing import digest
 from clipstore.warehouse.sql import query
@@ -136,8 +136,7 @@ def plan_split(name: str, entries: dict[str, list[Entry]], corpora: list[str], u
 
 def _write(builder: ArtifactBuilder, rows: list[dict], counts: dict, stats: dict) -> Artifact:
     if not builder.committed_parts("splits"):  # a killed run may have committed it already
-        tmp = builder.temp_dir("parts") / "000000.splits.parquet"
-        builder.commit_part(0, {"splits": (tmp, write_parquet(rows, SPLITS, tmp))})
+        commit_part_tables(builder, 0, {"splits": (rows, SPLITS)})
     builder.write_file("stats.json", json.dumps(stats, indent=1, sort_keys=True, default=str))
     return builder.finish(counts, stats, summary=counts)
 

@@ -35,7 +35,8 @@ def write_parquet(rows: list[dict], schema: pa.Schema, path: Path) -> int:
     return write_table(pa.Table.from_pylist(rows, schema=schema), path)
 
 
-def commit_part_tables(builder, part: int, tables: dict[str, tuple[pa.Table | list[dict], pa.Schema]]) -> dict[str, int]:
+def commit_part_tables(builder, part: int,
+                       tables: dict[str, tuple[pa.Table | list[dict], pa.Schema]]) -> dict[str, int]:
     """Publish one part of an artifact (an ArtifactBuilder) holding these tables, each given as
     rows or an Arrow table with its schema; returns the rows written per table."""
     tmp = builder.temp_dir(f"part-{part:06d}")

@@ -61,11 +61,12 @@ class KarpathyAdapter(Adapter):
             if bad:
                 yield Reject(filename, bad)
                 continue
-            if "class" in entry and _label(entry, mapping) is None:
+            label = _label(entry, mapping)
+            if "class" in entry and label is None:
                 yield Reject(filename, f"{where} ({filename}) has a 'class' that is not a non-empty string")
                 continue
             yield mapped_record(image_root, filename, filename, mapping, captions=captions,
-                                split=entry.get("split"), label=_label(entry, mapping),
+                                split=entry.get("split"), label=label,
                                 meta={"imgid": entry.get("imgid"), "sentids": sentids})
 
 
