@@ -12,7 +12,6 @@ TEXT_PART_SIZE items."""
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import os
 import threading
@@ -32,11 +31,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from clipstore.features import items as sources
 from clipstore.features.augment import ViewSpec, parse_views
 from clipstore.features.items import (CAPTION, CLASSNAME, CORPUS_MODALITIES, IMAGE, KEYWORD, MODALITIES,
-                                      VOCAB_MODALITIES, ImageRef)
+                                      VOCAB_MODALITIES)
 from clipstore.features.models import LoadedModel, ModelSpec, load_model
 from clipstore.features.prompts import TemplateSet, prompt_item_id, template_set
 from clipstore.features.vectors import EMBEDDING_TABLES, commit_vectors
 from clipstore.warehouse.errors import ClipstoreError, InputError
+from clipstore.warehouse.shards import StoredImage, corpus_images, decode
 from clipstore.warehouse.sql import Session
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 
@@ -150,7 +150,7 @@ def _default_vocab(store: Store, modality: str, corpus: str | None) -> Artifact:
 
 def _items(store: Store, session: Session, job: Job) -> list:
     if job.modality == IMAGE:
-        return sources.corpus_images(store, session, job.source)
+        return corpus_images(store, session, job.source)
     if job.modality == CLASSNAME:
         return sources.class_prompts(session, job.source, job.templates)
     if job.modality == CAPTION:
@@ -205,7 +205,7 @@ class ShardTask:
 
     index: int
     shard: Path
-    items: list[tuple[ImageRef, int]] = field(default_factory=list)
+    items: list[tuple[StoredImage, int]] = field(default_factory=list)
 
 
 class ShardImages(IterableDataset):
@@ -229,7 +229,7 @@ class ShardImages(IterableDataset):
             for n, (ref, view) in enumerate(task.items, start=1):
                 try:
                     if decoded is None or decoded[0] != ref.image_id:   # an image's views are adjacent: decode once
-                        decoded = (ref.image_id, _decode(tar, ref))
+                        decoded = (ref.image_id, decode(tar, ref))
                     image = self.views.apply(decoded[1], ref.image_id, view) if self.views else decoded[1]
                     pixels.append(self.preprocess(image))
                 except Exception as exc:   # reported by the main process, with the shard and image
@@ -238,16 +238,6 @@ class ShardImages(IterableDataset):
                 if len(pixels) == self.batch_size or n == len(task.items):
                     yield {"task": task.index, "pixels": torch.stack(pixels), "last": n == len(task.items)}
                     pixels = []
-
-
-def _decode(tar, ref: ImageRef) -> Image.Image:
-    tar.seek(ref.offset)
-    data = tar.read(ref.size)
-    if len(data) != ref.size:
-        raise OSError(f"shard ends after {len(data)} of {ref.size} bytes")
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image.convert("RGB")
 
 
 def _worker_context():
@@ -293,7 +283,7 @@ def default_workers(n_tasks: int, n_images: int) -> int:
     return max(1, min(n_tasks, (os.cpu_count() or 2) // 2, 16))
 
 
-def _image_tasks(refs: list[ImageRef], view_ids: list[int], have: set) -> list[ShardTask]:
+def _image_tasks(refs: list[StoredImage], view_ids: list[int], have: set) -> list[ShardTask]:
     tasks: list[ShardTask] = []
     for shard, group in groupby(refs, key=lambda r: r.shard):
         pending = [(ref, v) for ref in group for v in view_ids if (ref.image_id, v) not in have]
@@ -302,7 +292,7 @@ def _image_tasks(refs: list[ImageRef], view_ids: list[int], have: set) -> list[S
     return tasks
 
 
-def _embed_images(builder: ArtifactBuilder, part: int, job: Job, model: LoadedModel, refs: list[ImageRef],
+def _embed_images(builder: ArtifactBuilder, part: int, job: Job, model: LoadedModel, refs: list[StoredImage],
                   have: set, batch_size: int, workers: int | None, progress: bool) -> int:
     view_ids = list(range(1, job.views.views + 1)) if job.views else [0]
     tasks = _image_tasks(refs, view_ids, have)

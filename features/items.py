@@ -1,7 +1,7 @@
 """What gets embedded, per modality: the items of a source artifact, each with its stable id.
 
   image      the distinct images of a corpus (item_id = image_id: identical bytes once), read
-             straight from the corpus's shard tars at the offsets the `images` table records
+             straight from the corpus's shard tars (warehouse/shards.py)
   caption    the captions of a corpus (item_id = caption_id), raw text as the trainer sees it
   keyword    the keywords of a vocabulary (item_id = keyword_id), the keyword itself
   concept    the concepts of a vocabulary (item_id = concept_id), as "a photo includes {concept}."
@@ -13,8 +13,6 @@ re-ingested corpus shows its newest rows."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 from clipstore.features.prompts import TemplateSet, class_item_id
 from clipstore.warehouse.errors import InputError, NotFoundError
 from clipstore.warehouse.sql import Session
@@ -25,17 +23,6 @@ MODALITIES = (IMAGE, CAPTION, KEYWORD, CONCEPT, CLASSNAME)
 CORPUS_MODALITIES = (IMAGE, CAPTION)
 VOCAB_MODALITIES = (KEYWORD, CONCEPT)
 CONCEPT_PROMPT = "a photo includes {}."   # SemiCLIP's concept prompt (METHODS §2)
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """Where one image's stored bytes sit: a shard tar and the member's data offset and size."""
-
-    image_id: str
-    sample_id: str
-    shard: Path
-    offset: int
-    size: int
 
 
 @dataclass(frozen=True)
@@ -66,25 +53,6 @@ def vocab_artifact(store: Store, ref: str) -> Artifact:
         raise InputError(f"{ref} is a {art.kind} artifact, not a vocabulary",
                          fix="pass a name or id from `clipstore ls --kind vocab`")
     return art
-
-
-def corpus_images(store: Store, session: Session, corpus: Artifact) -> list[ImageRef]:
-    """Distinct images of the corpus in shard order; a repeated image_id keeps its first copy."""
-    shards = {Path(p).name: store.root / p for p in session.query(
-        "SELECT path FROM parts WHERE artifact_id = $id AND table_name = 'shards'",
-        {"id": corpus.artifact_id}).column("path").to_pylist()}
-    rows = _rows(session, "images", 'SELECT image_id, sample_id, shard, "offset", stored_bytes FROM images '
-                                    'WHERE corpus = $corpus ORDER BY shard, "offset"', {"corpus": corpus.name})
-    refs: dict[str, ImageRef] = {}
-    for r in rows:
-        if r["image_id"] in refs:
-            continue
-        if r["shard"] not in shards:
-            raise NotFoundError(f"shard {r['shard']} of corpus {corpus.name} is not in the store",
-                                where=str(corpus.path), fix="re-ingest the corpus")
-        refs[r["image_id"]] = ImageRef(r["image_id"], r["sample_id"], shards[r["shard"]], r["offset"],
-                                       r["stored_bytes"])
-    return list(refs.values())
 
 
 def _rows(session: Session, table: str, sql: str, params: dict) -> list[dict]:

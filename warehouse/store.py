@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -58,6 +58,7 @@ class Artifact:
     counts: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
     tables: dict = field(default_factory=dict)
+    noop: bool = False     # set on the artifact a stage call returns: True when it was already up to date
 
     @property
     def inputs(self) -> list[str]:
@@ -315,7 +316,7 @@ class ArtifactBuilder:
             self._close_run(con, "noop" if noop else "done", summary or counts, None)
             con.execute("COMMIT")
         fs.remove(self.tmp_root)
-        return self.store.get(self.artifact_id)
+        return replace(self.store.get(self.artifact_id), noop=noop)
 
     def fail(self, error: BaseException) -> None:
         with self.store.connect(read_only=False) as con:
