@@ -28,6 +28,7 @@ from clipstore.warehouse.parquet import read_parquet
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 
 DEFAULT_SHARD_SIZE = 1000
+STAGE_VERSION = 1   # bump when the same inputs would give other shards or tables
 
 
 def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str | None = None,
@@ -51,8 +52,9 @@ def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str |
               "keep_original": keep_original, "max_pixels": max_pixels, "png_level": png_level}
     workers = (os.cpu_count() or 1) if workers is None else workers
     with store.writing(wait=wait):
-        builder = store.begin(kind="corpus", name=name, stage="ingest", params=params,
-                              tables=tables.CORPUS_TABLES, config={**params, "workers": workers})
+        # incremental: the recipe names the source, not its contents; the ledger finds what changed
+        builder = store.produce(kind="corpus", name=name, stage="ingest", version=STAGE_VERSION, params=params,
+                                tables=tables.CORPUS_TABLES, config={**params, "workers": workers}, reuse=False)
         with builder.failing_on_error():
             return _run(store, builder, source, name, image_options, keep_missing, shard_size, workers, progress)
 
@@ -97,13 +99,13 @@ def _run(store: Store, builder: ArtifactBuilder, source, name: str, image_option
 
     from clipstore.ingest.stats import corpus_stats  # after the parts: stats read the logical tables
     _write_sizes(builder)
-    stats = corpus_stats(store, name)
+    stats = corpus_stats(store, name, building=builder)
     stats["notes"] = source.notes
     processed = totals["samples"] + totals["rejected"]
     summary = {"processed": processed, "new_images": totals["images"], "new_rejects": totals["rejected"],
                "seconds": round(time.monotonic() - started, 3)}
-    builder.write_file("stats.json", json.dumps(stats, indent=1, sort_keys=True, default=str))
-    return builder.finish(counts=stats["counts"], stats=stats, summary=summary, noop=processed == 0)
+    noop = processed == 0 and builder.complete and not builder.pending_parts
+    return builder.finish(counts=stats["counts"], stats=stats, summary=summary, noop=noop)
 
 
 def _committed_states(builder: ArtifactBuilder) -> dict[str, str]:
@@ -185,7 +187,7 @@ def _outcomes(entries: Iterator[Entry], options: ImageOptions, keep_missing: boo
 
 def _write_sizes(builder: ArtifactBuilder) -> None:
     """open_clip reads sample counts from sizes.json beside the shards."""
-    sizes = {path.name: rows for path, rows in builder.store.part_rows(builder.artifact_id, "shards")}
+    sizes = {path.name: rows for path, rows in builder.committed_rows("shards")}
     if sizes:
         builder.write_file("shards/sizes.json", json.dumps(sizes, indent=1, sort_keys=True))
 

@@ -27,7 +27,6 @@ absent are counted as unavailable instead of shifting the permutation."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -43,6 +42,7 @@ from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 ROLES = ("labeled", "unlabeled", "val", "test")
 EVAL_ROLES = ("val", "test")          # taken from the sources' own split of the same name
 UNIT = "image"
+STAGE_VERSION = 1   # bump when the same inputs would give another manifest
 COMPAT_MODES = ("sclip",)
 SPLIT_TABLES = {"splits": {}}         # one part per split artifact: nothing to supersede
 SPLITS = pa.schema([
@@ -90,18 +90,16 @@ def make_split(store: Store, name: str, *, corpora: list[str], unlabeled_corpora
     _validate(name, corpora, unlabeled_corpora, labeled_ratio, compat)
     with store.writing(wait=wait):
         inputs = _resolve_corpora(store, corpora + unlabeled_corpora)
-        entries = _load_entries(store, inputs)
-        _require_pools(entries, corpora, unlabeled_corpora, compat)
-        rows, counts, stats = plan_split(name, entries, corpora, unlabeled_corpora, labeled_ratio, seed, compat)
         params = {"corpora": list(corpora), "unlabeled_corpora": unlabeled_corpora, "labeled_ratio": labeled_ratio,
-                  "seed": seed, "compat": compat, "unit": UNIT,
-                  # a corpus that gained data keeps its artifact id but not its parts
-                  "input_versions": store.versions([a.artifact_id for a in inputs.values()])}
-        builder = store.begin(kind="split", name=name, stage="split", params=params,
-                              inputs=[a.artifact_id for a in inputs.values()], tables=SPLIT_TABLES, config=params)
+                  "seed": seed, "compat": compat, "unit": UNIT}
+        builder = store.produce(kind="split", name=name, stage="split", version=STAGE_VERSION, params=params,
+                                inputs=list(inputs.values()), tables=SPLIT_TABLES, config=params)
+        if isinstance(builder, Artifact):
+            return builder
         with builder.failing_on_error():
-            if (done := builder.reuse_if_complete()) is not None:
-                return done
+            entries = _load_entries(store, inputs)
+            _require_pools(entries, corpora, unlabeled_corpora, compat)
+            rows, counts, stats = plan_split(name, entries, corpora, unlabeled_corpora, labeled_ratio, seed, compat)
             return _write(builder, rows, counts, stats)
 
 
@@ -135,9 +133,8 @@ def plan_split(name: str, entries: dict[str, list[Entry]], corpora: list[str], u
 
 
 def _write(builder: ArtifactBuilder, rows: list[dict], counts: dict, stats: dict) -> Artifact:
-    if not builder.committed_parts("splits"):  # a killed run may have committed it already
+    if not builder.is_committed(0):  # a killed run may have committed it already
         commit_part_tables(builder, 0, {"splits": (rows, SPLITS)})
-    builder.write_file("stats.json", json.dumps(stats, indent=1, sort_keys=True, default=str))
     return builder.finish(counts, stats, summary=counts)
 
 

@@ -8,9 +8,10 @@ from clipstore.warehouse.sql import Session
 from clipstore.warehouse.store import Store
 
 
-def corpus_stats(store: Store, corpus: str) -> dict:
-    """counts, rejects_by_reason, splits, formats and audit of one corpus, in one SQL session."""
-    with Session(store) as session:
+def corpus_stats(store: Store, corpus: str, building=None) -> dict:
+    """counts, rejects_by_reason, splits, formats and audit of one corpus, in one SQL session
+    (`building`: the corpus artifact being written, read with its pending parts)."""
+    with Session(store, building=building) as session:
         rows = lambda sql: session.query(sql, [corpus]).to_pylist()  # noqa: E731
         tables = session.tables()
         if "samples" not in tables:

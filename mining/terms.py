@@ -18,7 +18,6 @@ RSICD's " ." yields no term at all."""
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import queue
@@ -39,6 +38,7 @@ from clipstore.warehouse.parquet import commit_part_tables, table_spec
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 
 KIND = "terms"
+STAGE_VERSION = 1   # bump when the same captions would parse into other terms
 DEFAULT_PART_SIZE = 5000     # captions per committed part: what a killed run can lose
 BATCH_SIZE = 128             # distinct texts per task: ~0.1 s of work, small to send
 PARSED_CAPTIONS = pa.schema([
@@ -298,10 +298,11 @@ def build_terms(store: Store, corpus: str, mapper: CaptionMapper, *, progress: b
         raise InputError(f"part size {part_size!r} is not a positive number of captions", fix="e.g. part_size=5000")
     scope = resolve_scope(store, corpora=[corpus])
     params = recipe_params(corpus, mapper.config, mapper.parser.info)
-    builder = store.begin(kind=KIND, name=corpus, stage="mine terms", params=params,
-                          inputs=[scope.inputs[corpus].artifact_id], tables=TABLES,
-                          config={**params, "workers": mapper.workers, "part_size": part_size,
-                                  "nlp": mapper.parser.info})
+    # incremental like ingest: the cache grows with its corpus, parsing only captions it lacks
+    builder = store.produce(kind=KIND, name=corpus, stage="mine terms", version=STAGE_VERSION, params=params,
+                            sources=[scope.inputs[corpus]], tables=TABLES, reuse=False,
+                            config={**params, "workers": mapper.workers, "part_size": part_size,
+                                    "nlp": mapper.parser.info})
     with builder.failing_on_error():
         return _run(store, builder, scope, mapper, progress, part_size)
 
@@ -339,8 +340,7 @@ def _run(store: Store, builder: ArtifactBuilder, scope, mapper: CaptionMapper, p
                "skipped": len(captions) - parsed, "workers": mapper.workers,
                "helper_batches": mapper.helper_batches - helper_batches,
                "seconds": round(time.monotonic() - started, 3)}
-    builder.write_file("stats.json", json.dumps(stats, indent=1, sort_keys=True, default=str))
-    return builder.finish(counts, stats, summary=summary, noop=parsed == 0), summary
+    return builder.finish(counts, stats, summary=summary, noop=parsed == 0 and not builder.pending_parts), summary
 
 
 def _parsed(builder: ArtifactBuilder) -> set[tuple[str, str]]:

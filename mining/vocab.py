@@ -12,6 +12,10 @@ from clipstore.warehouse.parquet import commit_part_tables
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 
 
+# Bump a kind's version when the same inputs and parameters would give other rows.
+STAGE_VERSIONS = {"keywords": 1, "classnames": 1, "concepts": 1}
+
+
 def vocab_name(kind: str, scope_label: str) -> str:
     """`keywords.rs_all.labeled`, `classnames.ucm_cls+rsicd_cls`, `concepts.ucm_captions`."""
     return f"{kind}.{scope_label}"
@@ -23,8 +27,8 @@ def begin_vocab(store: Store, kind: str, name: str, params: dict, scope: Scope |
     # the table layout is part of the recipe: a vocabulary written before a layout change is redone
     full = {**params, **(scope.params() if scope else {}), "tables_version": TABLES_VERSION}
     inputs = sorted(set((scope.input_ids if scope else []) + list(extra_inputs or [])))  # a match scope may repeat them
-    return store.begin(kind="vocab", name=name, stage=f"mine {kind}", params=full, inputs=inputs,
-                       tables=tables, config=full)
+    return store.produce(kind="vocab", name=name, stage=f"mine {kind}", version=STAGE_VERSIONS[kind], params=full,
+                         inputs=inputs, tables=tables, config=full, reuse=False)
 
 
 def vocabulary_row(builder: ArtifactBuilder, kind: str, scope_label: str, method: str, params: dict,
@@ -44,11 +48,9 @@ def publish_vocab(store: Store, builder: ArtifactBuilder, tables: dict[str, pa.T
     """Commit the vocabulary's tables as part 0 and complete the artifact. A run killed after the
     commit but before the catalog's done mark already published these very rows (same recipe,
     deterministic output): only the done mark is missing, so the part is not written twice."""
-    committed = store.part_rows(builder.artifact_id, "vocabularies")
-    if committed:
-        counts = {t: sum(n for _, n in store.part_rows(builder.artifact_id, t)) for t in tables}
+    if builder.is_committed(0):
+        counts = {t: sum(n for _, n in builder.committed_rows(t)) for t in tables}
     else:
         counts = commit_tables(builder, tables)
     stats = {**(stats or {}), "rows": counts}
-    builder.write_file("stats.json", json.dumps(stats, indent=1, sort_keys=True, default=str))
     return builder.finish(counts, stats, summary=summary or counts)

@@ -41,8 +41,11 @@ def test_sigkill_midway_then_resume_equals_uninterrupted_run(tmp_path, shared_da
     assert proc.poll() is None, "ingest finished before it could be killed: make the corpus larger"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    committed = len(killed.table_paths(killed.list("corpus")[0], "samples"))
+    building = killed.list("corpus")[0]
+    committed = len(killed.parts(building.artifact_id, "samples", pending=True))
     assert 0 < committed < 12
+    # the half-built version is not visible: no current corpus, no samples view yet
+    assert killed.current("corpus", building.name) is None and not killed.table_paths(building, "samples")
 
     ingest(killed, "karpathy", corpus, shard_size=10, workers=1, progress=False)
     reference = Store(tmp_path / "reference")

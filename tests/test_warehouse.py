@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from clipstore.warehouse import ClipstoreError, ReadOnlyError, StoreLockedError
-from clipstore.warehouse.sql import query, render
-from clipstore.warehouse.store import Store
+from clipstore.warehouse.sql import Session, query, render
+from clipstore.warehouse.store import Artifact, Store
 
 
 def _write_part(builder, part, rows):
@@ -20,13 +20,18 @@ def _write_part(builder, part, rows):
     builder.commit_part(part, {"things": (tmp, len(rows))})
 
 
+def _produce(store, params=None, version=1):
+    return store.produce(kind="vocab", name="demo", stage="test", version=version, params=params or {},
+                         tables={"things": {}})
+
+
 def _build(store, params, rows=({"x": 1, "part": 0},)):
     with store.writing():
-        b = store.begin(kind="vocab", name="demo", stage="test", params=params, tables={"things": {}})
-        if not b.complete:
-            _write_part(b, 0, list(rows))
-            return b.finish({"rows": len(rows)})
-        return store.get(b.artifact_id)
+        b = _produce(store, params)
+        if isinstance(b, Artifact):
+            return b
+        _write_part(b, 0, list(rows))
+        return b.finish({"rows": len(rows)})
 
 
 def test_same_recipe_same_artifact_and_no_work(store):
@@ -43,15 +48,19 @@ def test_same_recipe_same_artifact_and_no_work(store):
 
 def test_uncommitted_part_is_invisible_and_swept(store):
     with store.writing():
-        b = store.begin(kind="vocab", name="demo", stage="test", params={}, tables={"things": {}})
+        b = _produce(store)
         _write_part(b, 0, [{"x": 1, "part": 0}])
     # a run killed between rename and catalog commit leaves a file the catalog does not know
     orphan = b.path / "things" / "000001.parquet"
     pq.write_table(pa.table({"x": [99], "part": [1]}), orphan)
-    assert query(store, "SELECT sum(x) s FROM things").to_pylist() == [{"s": 1}]
+    # committed but unfinished: readers see nothing of this version yet
+    assert "things" not in Session(store).tables()
     with store.writing():
-        store.begin(kind="vocab", name="demo", stage="test", params={}, tables={"things": {}})
+        resumed = _produce(store)
+        assert resumed.is_committed(0) and not resumed.is_committed(1)
+        resumed.finish({"rows": 1})
     assert not orphan.exists()
+    assert query(store, "SELECT sum(x) s FROM things").to_pylist() == [{"s": 1}]
 
 
 def _hold_lock(root, ready, release):

@@ -38,10 +38,12 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at  TIMESTAMP NOT NULL,
     finished_at TIMESTAMP,
     duration_s  DOUBLE,
-    status      VARCHAR NOT NULL,            -- running | done | noop | failed
+    status      VARCHAR NOT NULL,            -- running | done | noop | failed | interrupted
     config      JSON,
     summary     JSON,
-    error       VARCHAR
+    error       VARCHAR,
+    git_revision VARCHAR,                    -- the code's git commit, when run from a checkout
+    git_dirty   BOOLEAN                      -- the checkout had uncommitted changes
 );
 CREATE TABLE IF NOT EXISTS parts (
     artifact_id  VARCHAR NOT NULL,
@@ -52,8 +54,25 @@ CREATE TABLE IF NOT EXISTS parts (
     sha256       VARCHAR NOT NULL,
     run_id       VARCHAR,
     committed_at TIMESTAMP NOT NULL,
+    published    BOOLEAN NOT NULL DEFAULT false,   -- readers see it: its version completed
+    retired      BOOLEAN NOT NULL DEFAULT false,   -- replaced by a later part (compaction)
     PRIMARY KEY (artifact_id, part, table_name)
 );
+CREATE TABLE IF NOT EXISTS current_versions (
+    kind        VARCHAR NOT NULL,
+    name        VARCHAR NOT NULL,
+    artifact_id VARCHAR NOT NULL,            -- the version readers see under this name
+    since       TIMESTAMP NOT NULL,
+    run_id      VARCHAR,                     -- the run that made it current
+    PRIMARY KEY (kind, name)
+);
+"""
+# Columns added after the first release: a store created before them is migrated in place.
+MIGRATIONS = """
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS git_revision VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS git_dirty BOOLEAN;
+ALTER TABLE parts ADD COLUMN IF NOT EXISTS published BOOLEAN DEFAULT true;
+ALTER TABLE parts ADD COLUMN IF NOT EXISTS retired BOOLEAN DEFAULT false;
 """
 
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked")
@@ -81,4 +100,21 @@ def connect(path: Path, read_only: bool = False, retry_s: float = 15.0):
 
 def ensure_schema(path: Path) -> None:
     with connect(path) as con:
+        new = not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'artifacts'").fetchone()[0]
+        had_pointers = bool(con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'current_versions'").fetchone()[0])
         con.execute(SCHEMA)
+        if not new:
+            con.execute(MIGRATIONS)
+        if not new and not had_pointers:
+            # before version pointers, a name meant its newest artifact with data
+            con.execute("""
+                INSERT INTO current_versions
+                SELECT kind, name, arg_max(artifact_id, created_at), now()::TIMESTAMP, NULL FROM artifacts
+                WHERE status = 'complete' GROUP BY kind, name""")
+
+
+def is_current_schema(path: Path) -> bool:
+    with connect(path, read_only=True) as con:
+        return bool(con.execute("SELECT count(*) FROM duckdb_columns() "
+                                "WHERE table_name = 'parts' AND column_name = 'retired'").fetchone()[0])

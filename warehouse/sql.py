@@ -43,10 +43,18 @@ def _artifact_table_sql(artifact, table: str, spec: dict, parts: dict) -> str | 
             f"ON t.{key} = latest.k AND t.part = latest.part")
 
 
-def view_definitions(store: Store) -> dict[str, str]:
-    """Table name -> SELECT over the parts of every current artifact declaring that table."""
+def view_definitions(store: Store, building=None) -> dict[str, str]:
+    """Table name -> SELECT over the parts of every current artifact declaring that table. With
+    `building` (an ArtifactBuilder), its artifact, pending parts included, stands in for the
+    current version of its name: how a stage reads back what it is writing."""
     artifacts = store.current_all()
     parts = store.all_parts([a.artifact_id for a in artifacts])
+    if building is not None:
+        artifacts = [a for a in artifacts if (a.kind, a.name) != (building.kind, building.name)]
+        artifacts.append(building.as_artifact())
+        parts = {key: v for key, v in parts.items() if key[0] != building.artifact_id}
+        for part, table, path in building.committed_parts():
+            parts.setdefault((building.artifact_id, table), []).append((part, path, f"part-{part}"))
     selects: dict[str, list[str]] = {}
     for artifact in artifacts:
         for table, spec in sorted(artifact.tables.items()):
@@ -56,14 +64,14 @@ def view_definitions(store: Store) -> dict[str, str]:
     return {t: " UNION ALL BY NAME ".join(f"({s})" for s in sqls) for t, sqls in selects.items()}
 
 
-def open_views(store: Store, extra_views: dict[str, str] | None = None) -> duckdb.DuckDBPyConnection:
+def open_views(store: Store, extra_views: dict[str, str] | None = None, building=None) -> duckdb.DuckDBPyConnection:
     """An in-memory connection that sees the catalog (read-only) and every data table as a view."""
     con = duckdb.connect()
     path = str(store.catalog_path).replace("'", "''")
     con.execute(f"ATTACH '{path}' AS catalog (READ_ONLY)")
     for t in CATALOG_TABLES:
         con.execute(f'CREATE VIEW "{t}" AS SELECT * FROM catalog.main."{t}"')
-    for name, select in {**view_definitions(store), **(extra_views or {})}.items():
+    for name, select in {**view_definitions(store, building), **(extra_views or {})}.items():
         con.execute(f'CREATE VIEW "{name}" AS {select}')
     return con
 
@@ -85,9 +93,9 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
 class Session:
     """One read-only connection with every view in place, for running several queries."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, building=None):
         from clipstore.warehouse.views import derived_views  # audit views over the data tables
-        self.con = open_views(store)
+        self.con = open_views(store, building=building)
         for name, select in derived_views(self.con).items():
             self.con.execute(f'CREATE VIEW "{name}" AS {select}')
         self.con.execute("SET lock_configuration = true")
