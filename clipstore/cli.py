@@ -62,10 +62,11 @@ def cmd_ls(args) -> None:
     from clipstore.warehouse.sql import format_table
     import pyarrow as pa
     store = _store(args, create=False)
-    rows = [{"artifact_id": a.artifact_id, "kind": a.kind, "name": a.name, "status": a.status,
-             "updated": a.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
-             "counts": ", ".join(f"{k}={v}" for k, v in a.counts.items() if not isinstance(v, dict))[:70]}
-            for a in store.list(args.kind)]
+    listed = store.overview("WHERE kind = ?", [args.kind]) if args.kind else store.overview()
+    rows = [{"current": "*" if v.current else "", "artifact_id": v.artifact.artifact_id, "kind": v.artifact.kind,
+             "name": v.artifact.name, "state": v.state, "updated": v.artifact.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+             "counts": ", ".join(f"{k}={n}" for k, n in v.artifact.counts.items() if not isinstance(n, dict))[:70]}
+            for v in listed]
     if not rows:
         print("(the store is empty)" if not args.kind else f"(no {args.kind} artifacts)")
         return
@@ -136,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compat", choices=["sclip"], help="reproduce the S-CLIP code's torch.randperm selection")
     s.set_defaults(func=cmd_split)
 
-    from clipstore import cli_features, cli_mining
+    from clipstore import cli_features, cli_mining, cli_store
     cli_mining.add_parsers(sub)
     cli_features.add_parsers(sub)
+    cli_store.add_parsers(sub)
 
     s = sub.add_parser("sql", help="read-only SQL over the store")
     s.add_argument("query")

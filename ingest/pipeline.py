@@ -35,7 +35,7 @@ def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str |
            images: str | Path | None = None, image_map: str | Path | None = None, keep_missing: bool = False,
            preset: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, workers: int | None = None,
            keep_original: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, png_level: int = DEFAULT_PNG_LEVEL,
-           wait: bool = False, progress: bool = True) -> Artifact:
+           replace: bool = False, wait: bool = False, progress: bool = True) -> Artifact:
     """Ingest a raw corpus into the store and return its corpus artifact (see DESIGN §3)."""
     store = store if isinstance(store, Store) else Store(store)
     path = Path(path)

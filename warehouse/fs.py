@@ -42,10 +42,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def publish(tmp: Path, final: Path) -> None:
     """Move a fully written file or folder into place (same filesystem, so rename is atomic)."""
     if tmp.is_dir():

@@ -82,3 +82,26 @@ def writer_lock(store_root: Path, wait: bool = False, timeout: float | None = No
         except OSError:
             pass
         os.close(fd)  # closing releases the flock
+
+
+def writer_alive(store_root: Path) -> bool:
+    """Whether some process holds the store's writer lock now, without touching the lock (a
+    probe that took it, even briefly, could refuse a real writer). Reads the kernel's lock
+    table; where there is none, assumes a holder."""
+    lock_path = store_root / "writer.lock"
+    try:
+        inode = os.stat(lock_path).st_ino
+    except FileNotFoundError:
+        return False   # no writer ever ran here
+    try:
+        with open("/proc/locks") as f:
+            table = f.read().splitlines()
+    except OSError:
+        return True
+    for line in table:
+        fields = line.split()
+        if "FLOCK" in fields and "->" not in fields:   # "->" marks a waiter, not a holder
+            where = next((f for f in fields if f.count(":") == 2), "")
+            if where.rsplit(":", 1)[-1] == str(inode):
+                return True
+    return False

@@ -28,7 +28,7 @@ from pathlib import Path
 from clipstore.warehouse import catalog, fs
 from clipstore.warehouse.errors import ClipstoreError, InputError, NotFoundError
 from clipstore.warehouse.hashing import digest, file_sha256
-from clipstore.warehouse.lock import writer_lock
+from clipstore.warehouse.lock import writer_alive, writer_lock
 
 PACKAGE_VERSION = "0.1.0"     # recorded per artifact; what invalidates outputs is each stage's version
 DEFAULT_STORE = "store"
@@ -87,7 +87,7 @@ class Version:
 
     artifact: Artifact
     current: bool
-    state: str                     # complete | incomplete (a run stopped before finishing) | building | failed
+    state: str                     # complete | incomplete (a run stopped before finishing) | building
     pending_parts: int             # parts committed by a run that has not finished
 
 
@@ -199,21 +199,26 @@ class Store:
         if kind is None:
             raise NotFoundError(f"no artifact named {name!r} in the store", where=str(self.root),
                                 fix="`clipstore ls` lists what the store holds")
+        return self.overview("WHERE kind = ? AND name = ?", [kind, name])
+
+    def overview(self, where: str = "", params: list | None = None) -> list[Version]:
+        """Artifacts (all, or those `where` selects) with their state and whether they are current."""
         with self.connect() as con:
-            pointer = con.execute("SELECT artifact_id FROM current_versions WHERE kind = ? AND name = ?",
-                                  [kind, name]).fetchone()
+            current = {r[0] for r in con.execute("SELECT artifact_id FROM current_versions").fetchall()}
             pending = dict(con.execute(
                 "SELECT artifact_id, count(*) FROM parts WHERE NOT published AND NOT retired GROUP BY 1").fetchall())
             running = {r[0] for r in con.execute("SELECT artifact_id FROM runs WHERE status = 'running'").fetchall()}
+        if running and not writer_alive(self.root):
+            running = set()   # their process died: the next run will close them as interrupted
         out = []
-        for a in self._artifacts("WHERE kind = ? AND name = ?", [kind, name]):
-            if a.status == "complete" and not pending.get(a.artifact_id):
-                state = "complete"
-            elif a.artifact_id in running:
+        for a in self._artifacts(where, params):
+            if a.artifact_id in running:
                 state = "building"
+            elif a.status == "complete" and not pending.get(a.artifact_id):
+                state = "complete"
             else:
-                state = a.status if a.status == "failed" and not pending.get(a.artifact_id) else "incomplete"
-            out.append(Version(a, bool(pointer) and pointer[0] == a.artifact_id, state, pending.get(a.artifact_id, 0)))
+                state = "incomplete"   # a run stopped before finishing: re-running its command resumes it
+            out.append(Version(a, a.artifact_id in current, state, pending.get(a.artifact_id, 0)))
         return out
 
     def use(self, ref: str) -> Artifact:
