@@ -1,10 +1,10 @@
-"""`clipstore embed | index | knn | dedup | neighbors` end to end through the command line."""
+"""`clipstore embed | index | knn | dedup | neighbors` end to end through the command line (in process)."""
 
 from __future__ import annotations
 
 import json
 
-from conftest import karpathy_from_real_images, run_cli
+from conftest import karpathy_from_real_images, run_main as run_cli
 
 
 def test_embed_index_knn_neighbors(tmp_path, shared_data):
