@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep entries whose image is missing as caption-only samples (default: reject them)")
     s.add_argument("--preset", help="imagefolder preset: ucm_cls, whu_rs19, rsscn7, aid, resisc45 "
                                     "(default: from --name)")
-    s.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="entries per shard/part (default %(default)s)")
+    s.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                   help="entries per shard/part (default %(default)s)")
     s.add_argument("--workers", type=int, default=None, help="decode processes (default: CPU count)")
     s.add_argument("--keep-original", action="store_true",
                    help="store TIFF etc. as original bytes (default: transcode to lossless PNG)")
@@ -186,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample ids per role: labeled and unlabeled from the sources' train split, "
                                    "val and test from theirs. Same corpora versions and seed, same manifest.")
     s.add_argument("name", metavar="NAME", help="split name, e.g. rs_all")
-    s.add_argument("--corpus", action="append", required=True, help="corpus (repeat for several, e.g. RS-ALL); required")
+    s.add_argument("--corpus", action="append", required=True,
+                   help="corpus (repeat for several, e.g. RS-ALL); required")
     s.add_argument("--unlabeled-corpus", action="append", default=[],
                    help="shift setting: unlabeled images come from these corpora instead (default: none)")
     s.add_argument("--labeled-ratio", type=float, required=True, help="share of train images labeled; required")
@@ -195,10 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reproduce the S-CLIP code's torch.randperm selection (default: clipstore's own)")
     s.set_defaults(func=cmd_split)
 
-    from clipstore import cli_features, cli_mining, cli_show, project
+    from clipstore import cli_features, cli_mining, cli_show, demo, project
     cli_mining.add_parsers(sub)
     cli_features.add_parsers(sub)
     project.add_parsers(sub)
+    demo.add_parsers(sub)
 
     s = sub.add_parser("sql", help="read-only SQL over the store",
                        description="Run one read-only statement over the store's views (samples, captions, "

@@ -17,8 +17,10 @@ def _store(args):
 def _scope_options(s: argparse.ArgumentParser, what: str) -> None:
     g = s.add_argument_group(f"captions to {what} (a split role, or whole corpora)")
     g.add_argument("--split", help="split name, e.g. rs_all")
-    g.add_argument("--role", choices=["labeled", "unlabeled", "train", "val", "test"], help="role in the split (train = labeled + unlabeled)")
-    g.add_argument("--corpus", action="append", default=[], help="corpus (repeat for several); caption-only corpora count")
+    g.add_argument("--role", choices=["labeled", "unlabeled", "train", "val", "test"],
+                   help="role in the split (train = labeled + unlabeled)")
+    g.add_argument("--corpus", action="append", default=[],
+                   help="corpus (repeat for several); caption-only corpora count")
     g.add_argument("--source-split", choices=["train", "val", "test"],
                    help="with --corpus: only the captions of the sources' own split (S-CLIP mines 'train')")
 
@@ -99,7 +101,8 @@ def cmd_concepts(args) -> None:
     art = mine_concepts(_store(args), split=args.split, role=args.role, corpora=args.corpus or None,
                         min_images=args.min_images, min_length=args.min_length, max_df=args.max_df,
                         df_rule=args.df_rule, phrases=args.phrases, model=args.spacy_model,
-                        require_trained=args.require_trained, workers=args.workers, name=args.name, wait=args.wait, progress=not args.quiet)
+                        require_trained=args.require_trained, workers=args.workers, name=args.name, wait=args.wait,
+                        progress=not args.quiet)
     print(_summary("concepts", art, t0))
 
 

@@ -37,9 +37,10 @@ _MATCH = {"match_split": "str", "match_role": "str", "match_corpora": "list[str]
 MINE = {
     "keywords": {"split": "str", "role": "str", "corpora": "list[str]", "source_split": "str", "top": "int",
                  "ngram": "int", "dedup_lim": "float", "dedup_func": "str", "window": "int", "language": "str",
-                 "unique_captions": "bool", **_MATCH, "name": "str", "export_sclip": "str"},
+                 "unique_captions": "bool", **_MATCH, "name": "str",
+                 "export_sclip": "str", "export_sizes": "list[int]"},
     "classnames": {"corpora": "list[str]!", "normalise": "bool", "overrides": "dict", "name": "str", **_MATCH,
-                   "export_sclip": "str"},
+                   "export_sclip": "str", "export_sizes": "list[int]"},
     "concepts": {"split": "str", "role": "str", "corpora": "list[str]", "min_images": "int", "min_length": "int",
                  "max_df": "float", "df_rule": "str", "stoplist": "list[str]", "phrases": "bool", "model": "str",
                  "require_trained": "bool", "workers": "int", "name": "str"},
@@ -179,7 +180,7 @@ def mine_all(store, project: Project, progress: bool = True, wait: bool = False,
     for kind in MINE:
         for options in project.mine.get(kind, []):
             options = dict(options)
-            export = options.pop("export_sclip", None)
+            export, sizes = options.pop("export_sclip", None), options.pop("export_sizes", None)
             if kind == "keywords":
                 art = mine_keywords(store, progress=progress, wait=wait, **options)
             elif kind == "classnames":
@@ -187,7 +188,8 @@ def mine_all(store, project: Project, progress: bool = True, wait: bool = False,
             else:
                 art = mine_concepts(store, progress=progress, wait=wait, **options)
             if export:
-                export_sclip(store, art.artifact_id, project.config.parent / export)
+                export_sclip(store, art.artifact_id, project.config.parent / export,
+                             **({"sizes": sizes} if sizes is not None else {}))
             artifacts.append(art)
             _done(report, art)
     return artifacts

@@ -71,7 +71,8 @@ def test_every_stage_imports_from_the_wheel_in_a_clean_venv(wheel, tmp_path):
     script = ("import importlib, json, clipstore\n"
               f"mods = [importlib.import_module(m) for m in {[f'clipstore.{s}' for s in stage_folders()]!r}]\n"
               "from clipstore.features.models import ModelSpec, load_model\n"
-              "print(json.dumps({'files': [m.__file__ for m in [clipstore, *mods]], 'version': clipstore.__version__}))\n")
+              "files = [m.__file__ for m in [clipstore, *mods]]\n"
+              "print(json.dumps({'files': files, 'version': clipstore.__version__}))\n")
     out = run(python, "-c", script, cwd=tmp_path).stdout
     import json
     info = json.loads(out.strip().splitlines()[-1])
