@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import karpathy_from_real_images, run_main as run_cli
 
 
@@ -50,6 +52,7 @@ def test_embed_errors_are_clear(tmp_path, shared_data):
     assert bad.returncode != 0 and "unknown modality 'sound'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_the_issue_command_embeds_all_four_modalities_of_synth(tmp_path):
     """`embed --corpus synth --modality image,caption,keyword,classname`: the keywords are the
     vocabulary mined over the corpus (`keywords.synth`), the classes the synth scenes."""
