@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clipstore import __version__
     from clipstore.ingest.images import DEFAULT_MAX_PIXELS
     from clipstore.ingest.pipeline import DEFAULT_SHARD_SIZE
-    p = Parser(prog="clipstore", description=__doc__.splitlines()[0] if __doc__ else None,
-               epilog="`clipstore COMMAND --help` explains a command and its options.")
+    p = Parser(prog="clipstore", description="clipstore: a data-centric preprocessing and feature store for "
+                                             "adapting CLIP to specialist domains.",
+               epilog="`clipstore COMMAND --help` explains a command and its options; docs/cli.md the conventions.")
     p.add_argument("--version", action="version", version=f"clipstore {__version__}",
                    help="print the installed version and exit")
     add_shared_options(p, top=True)
