@@ -8,7 +8,7 @@ from importlib.metadata import version
 
 import pytest
 
-from clipstore.cli import HelpFormatter, build_parser, subparsers_of
+from clipstore.cli import build_parser, subparsers_of
 from conftest import run_cli, run_main
 
 
@@ -41,7 +41,7 @@ def test_the_tree_holds_every_stage_command():
 def test_every_command_and_option_has_help_with_its_default(path):
     _, parser, listed = next(c for c in COMMANDS if c[0] == path)
     assert listed, f"`clipstore {path}` has no help line in its parent's list"
-    formatter = HelpFormatter(prog="clipstore")
+    formatter = parser._get_formatter()  # the parser's own formatter class, as --help uses it
     for action in parser._actions:
         if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
             continue

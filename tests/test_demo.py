@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -105,6 +104,7 @@ def test_the_hint_names_a_command_this_shell_can_run(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_the_printed_hint_runs(tmp_path):
+    import subprocess  # here, not at the top: conftest marks whole modules that import it slow
     write_image(tmp_path / "c" / "images" / "0.png", seed=0)
     write_karpathy(tmp_path / "c", [{"filename": "0.png", "captions": ["a beach ."]}])
     run_main("--store", tmp_path / "store", "-q", "ingest", "karpathy", tmp_path / "c", "--name", "one")
