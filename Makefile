@@ -7,31 +7,42 @@ STORE  ?= store
 DATA   ?= ../shared/data
 CLI    := $(BIN)/clipstore --store $(STORE)
 
-.PHONY: venv demo test ingest mine embed bench clean
+.PHONY: venv demo test test-fast lint ingest mine embed bench clean
 
 venv: $(STAMP)
+	@echo "venv: $(VENV) is up to date with pyproject.toml (run commands as $(BIN)/clipstore, or after: source $(BIN)/activate)"
 
 # Rebuilt when pyproject.toml changes; torch/torchvision resolve as pip finds them on this machine.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "venv: building $(VENV) (first time: a few minutes and a few GB, mostly torch)"
+	@test -x $(BIN)/python || { echo "venv: [1/3] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "venv: [2/3] upgrading pip"
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "venv: [3/3] installing clipstore and its dependencies (pip install -e '.[dev]')"
+	@$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+	@echo "venv: done"
 
 demo: $(STAMP)
-	$(BIN)/python -m clipstore.demo --store $(STORE) --data $(DATA)
+	$(CLI) demo --data $(DATA)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
 ingest: $(STAMP)
-	$(BIN)/python -m clipstore.project ingest --store $(STORE) --data $(DATA)
+	$(CLI) project ingest --data $(DATA)
 
 mine: ingest
-	$(BIN)/python -m clipstore.project mine --store $(STORE) --data $(DATA)
+	$(CLI) project mine --data $(DATA)
 
 embed: ingest
-	$(BIN)/python -m clipstore.project embed --store $(STORE) --data $(DATA)
+	$(CLI) project embed --data $(DATA)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

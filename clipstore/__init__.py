@@ -1,3 +1,8 @@
 """clipstore: a data-centric preprocessing and feature store for adapting CLIP to specialist domains."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # one source of truth: the version in pyproject.toml, as installed
+    __version__ = version("clipstore")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -1,4 +1,8 @@
-"""`clipstore <stage> ...`: one subcommand per stage; each calls the stage's Python API."""
+"""`clipstore <stage> ...`: one subcommand per stage; each calls the stage's Python API.
+
+The shared options (--store, --wait, -q) are accepted before or after any subcommand name; given in
+both places, the one after the subcommand wins. A subcommand module adds its parsers with one
+`add_parsers(sub)` call and gets the shared options and the help formatter without asking."""
 
 from __future__ import annotations
 
@@ -11,9 +15,62 @@ from pathlib import Path
 from clipstore.warehouse.errors import ClipstoreError
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends an option's default to its help unless the text already states one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or not action.option_strings or default is None
+                or default is argparse.SUPPRESS or isinstance(default, bool) or default in ([], ())):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """clipstore's parser class; subparsers inherit it (argparse passes the parent's class on)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def add_shared_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """--store, --wait, -q. Below the top level they default to SUPPRESS, so a subcommand's
+    namespace only carries them when given there, and then overrides the top level's value."""
+    given = parser._option_string_actions  # a subcommand that defines one itself keeps its own
+    g = parser.add_argument_group("shared options (before or after the subcommand)")
+    if "--store" not in given:
+        g.add_argument("--store", metavar="DIR", default=None if top else argparse.SUPPRESS,
+                       help="store directory (default: $CLIPSTORE_STORE, else ./store)")
+    if "--wait" not in given:
+        g.add_argument("--wait", action="store_true", default=False if top else argparse.SUPPRESS,
+                       help="queue behind another writer instead of failing (default: fail at once)")
+    if "-q" not in given and "--quiet" not in given:
+        g.add_argument("-q", "--quiet", action="store_true", default=False if top else argparse.SUPPRESS,
+                       help="no progress bars (default: bars on stderr)")
+
+
+def subparsers_of(parser: argparse.ArgumentParser):
+    """Every parser below `parser` (depth first), e.g. `mine` and `mine keywords`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to one parser
+                yield child
+                yield from subparsers_of(child)
+
+
 def _store(args, create: bool = True):
     from clipstore.warehouse.store import Store
     return Store(args.store, create=create)
+
+
+def summary_line(what: str, art, details: str, t0: float | None = None) -> str:
+    """One line per stage call: what it made, or that it was already up to date (Artifact.noop)."""
+    if getattr(art, "noop", False):
+        return f"{what}: up to date ({details}) -> {art.artifact_id}"
+    took = f" in {time.monotonic() - t0:.1f}s" if t0 is not None else ""
+    return f"{what}: {details}{took} -> {art.artifact_id}"
 
 
 def cmd_ingest(args) -> None:
@@ -24,17 +81,17 @@ def cmd_ingest(args) -> None:
                  shard_size=args.shard_size, workers=args.workers, keep_original=args.keep_original,
                  max_pixels=args.max_pixels, wait=args.wait, progress=not args.quiet)
     c = art.counts
-    print(f"ingest {art.name}: {c.get('samples', 0)} samples ({c.get('images', 0)} with image, "
-          f"{c.get('caption_only', 0)} caption-only), {c.get('captions', 0)} captions, {c.get('rejects', 0)} rejects "
-          f"in {time.monotonic() - t0:.1f}s -> {art.artifact_id}")
+    details = (f"{c.get('samples', 0)} samples ({c.get('images', 0)} with image, "
+               f"{c.get('caption_only', 0)} caption-only), {c.get('captions', 0)} captions, "
+               f"{c.get('rejects', 0)} rejects")
+    print(summary_line(f"ingest {art.name}", art, details, t0))
 
 
-def cmd_doctor(args) -> None:
+def cmd_doctor(args) -> int:
     from clipstore.ingest.doctor import doctor
     report = doctor(args.format, args.path, images=args.images, image_map=args.image_map)
     print(report.render())
-    if not report.ok:
-        raise SystemExit(2)
+    return 0 if report.ok else 2
 
 
 def cmd_synth(args) -> None:
@@ -48,7 +105,7 @@ def cmd_split(args) -> None:
     art = make_split(_store(args), args.name, corpora=args.corpus, unlabeled_corpora=args.unlabeled_corpus,
                      labeled_ratio=args.labeled_ratio, seed=args.seed, compat=args.compat, wait=args.wait)
     roles = ", ".join(f"{k} {v}" for k, v in art.counts.items())
-    print(f"split {art.name}: {roles} -> {art.artifact_id}")
+    print(summary_line(f"split {art.name}", art, roles))
 
 
 def cmd_sql(args) -> None:
@@ -73,24 +130,16 @@ def cmd_ls(args) -> None:
     sys.stdout.write(format_table(pa.Table.from_pylist(rows)))
 
 
-def cmd_show(args) -> None:
-    store = _store(args, create=False)
-    a = store.get(args.id)
-    out = {"artifact_id": a.artifact_id, "kind": a.kind, "name": a.name, "status": a.status,
-           "path": str(a.path), "created_at": str(a.created_at), "updated_at": str(a.updated_at),
-           "recipe": a.recipe, "recipe_digest": a.recipe_digest, "counts": a.counts, "stats": a.stats,
-           "lineage": [{"input": i, "role": r} for i, r in store.lineage(a.artifact_id)],
-           "tables": {t: len(store.table_paths(a, t)) for t in sorted({t for _, t, _ in store.parts(a.artifact_id)})}}
-    print(json.dumps(out, indent=1, default=str))
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from clipstore import __version__
     from clipstore.ingest.images import DEFAULT_MAX_PIXELS
     from clipstore.ingest.pipeline import DEFAULT_SHARD_SIZE
-    p = argparse.ArgumentParser(prog="clipstore", description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--store", default=None, help="store directory (default: $CLIPSTORE_STORE or ./store)")
-    p.add_argument("--wait", action="store_true", help="queue behind another writer instead of failing")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p = Parser(prog="clipstore", description="clipstore: a data-centric preprocessing and feature store for "
+                                             "adapting CLIP to specialist domains.",
+               epilog="`clipstore COMMAND --help` explains a command and its options; docs/cli.md the conventions.")
+    p.add_argument("--version", action="version", version=f"clipstore {__version__}",
+                   help="print the installed version and exit")
+    add_shared_options(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from clipstore.ingest.adapters import ADAPTERS
@@ -101,74 +150,96 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("format", choices=formats, metavar="FORMAT", help=f"one of: {', '.join(formats)}")
     s.add_argument("path", type=Path, metavar="PATH", help="corpus root (standard file names) or the annotation file")
     s.add_argument("--name", help="corpus name in the store (default: FORMAT; imagefolder presets by name)")
-    s.add_argument("--images", type=Path, help="image folder, when not the layout's standard one")
-    s.add_argument("--image-map", type=Path, help="TSV mapping annotation file names to paths below --images")
+    s.add_argument("--images", type=Path, help="image folder (default: the layout's standard one)")
+    s.add_argument("--image-map", type=Path,
+                   help="TSV mapping annotation file names to paths below --images (default: none)")
     s.add_argument("--keep-missing", action="store_true",
-                   help="keep entries whose image is missing as caption-only samples (text mining can start)")
-    s.add_argument("--preset", help="imagefolder preset: ucm_cls, whu_rs19, rsscn7, aid, resisc45")
-    s.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="entries per shard/part (default %(default)s)")
+                   help="keep entries whose image is missing as caption-only samples (default: reject them)")
+    s.add_argument("--preset", help="imagefolder preset: ucm_cls, whu_rs19, rsscn7, aid, resisc45 "
+                                    "(default: from --name)")
+    s.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                   help="entries per shard/part (default %(default)s)")
     s.add_argument("--workers", type=int, default=None, help="decode processes (default: CPU count)")
-    s.add_argument("--keep-original", action="store_true", help="store TIFF etc. as original bytes, not PNG")
+    s.add_argument("--keep-original", action="store_true",
+                   help="store TIFF etc. as original bytes (default: transcode to lossless PNG)")
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="decompression-bomb guard: larger images are rejected (default %(default)s)")
     s.set_defaults(func=cmd_ingest)
 
-    s = sub.add_parser("doctor", help="check a raw layout before ingest and say what is missing")
-    s.add_argument("format", choices=formats, metavar="FORMAT")
-    s.add_argument("path", type=Path, metavar="PATH")
-    s.add_argument("--images", type=Path)
-    s.add_argument("--image-map", type=Path)
+    s = sub.add_parser("doctor", help="check a raw layout before ingest and say what is missing",
+                       description="Read a raw corpus the way ingest would, write nothing, and report what is "
+                                   "present, what is missing and how to fix it. Exit status 2 when not ready.")
+    s.add_argument("format", choices=formats, metavar="FORMAT", help=f"one of: {', '.join(formats)}")
+    s.add_argument("path", type=Path, metavar="PATH", help="corpus root (standard file names) or the annotation file")
+    s.add_argument("--images", type=Path, help="image folder (default: the layout's standard one)")
+    s.add_argument("--image-map", type=Path,
+                   help="TSV mapping annotation file names to paths below --images (default: none)")
     s.set_defaults(func=cmd_doctor)
 
-    s = sub.add_parser("synth", help="write the synthetic learnable corpus (captions + classification set)")
-    s.add_argument("dir", type=Path)
-    s.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("synth", help="write the synthetic learnable corpus (captions + classification set)",
+                       description="Draw top-down scenes whose content determines their captions and class: "
+                                   "DIR/captions (karpathy), DIR/classification (imagefolder), DIR/synth.json.")
+    s.add_argument("dir", type=Path, metavar="DIR", help="output folder (rewritten)")
+    s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default %(default)s)")
     s.add_argument("--images", type=int, default=2000, help="number of images (default %(default)s)")
     s.add_argument("--size", type=int, default=64, help="image side in pixels (default %(default)s)")
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("split", help="labeled/unlabeled/val/test manifests over one or more corpora")
-    s.add_argument("name")
-    s.add_argument("--corpus", action="append", required=True, help="corpus (repeat for several, e.g. RS-ALL)")
+    s = sub.add_parser("split", help="labeled/unlabeled/val/test manifests over one or more corpora",
+                       description="Sample ids per role: labeled and unlabeled from the sources' train split, "
+                                   "val and test from theirs. Same corpora versions and seed, same manifest.")
+    s.add_argument("name", metavar="NAME", help="split name, e.g. rs_all")
+    s.add_argument("--corpus", action="append", required=True,
+                   help="corpus (repeat for several, e.g. RS-ALL); required")
     s.add_argument("--unlabeled-corpus", action="append", default=[],
-                   help="shift setting: unlabeled images come from these corpora instead")
-    s.add_argument("--labeled-ratio", type=float, required=True)
-    s.add_argument("--seed", type=int, required=True)
-    s.add_argument("--compat", choices=["sclip"], help="reproduce the S-CLIP code's torch.randperm selection")
+                   help="shift setting: unlabeled images come from these corpora instead (default: none)")
+    s.add_argument("--labeled-ratio", type=float, required=True, help="share of train images labeled; required")
+    s.add_argument("--seed", type=int, required=True, help="selection seed; required")
+    s.add_argument("--compat", choices=["sclip"],
+                   help="reproduce the S-CLIP code's torch.randperm selection (default: clipstore's own)")
     s.set_defaults(func=cmd_split)
 
-    from clipstore import cli_features, cli_mining, cli_store
+    from clipstore import cli_features, cli_mining, cli_show, cli_store, demo, project
     cli_mining.add_parsers(sub)
     cli_features.add_parsers(sub)
     cli_store.add_parsers(sub)
+    project.add_parsers(sub)
+    demo.add_parsers(sub)
 
-    s = sub.add_parser("sql", help="read-only SQL over the store")
-    s.add_argument("query")
-    s.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])
-    s.add_argument("--output", type=Path)
+    s = sub.add_parser("sql", help="read-only SQL over the store",
+                       description="Run one read-only statement over the store's views (samples, captions, "
+                                   "splits, keywords, ...) and the catalog tables.")
+    s.add_argument("query", metavar="QUERY", help="one SELECT (or EXPLAIN) statement")
+    s.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"],
+                   help="output format (default %(default)s)")
+    s.add_argument("--output", type=Path, help="write to this file (default: stdout; parquet needs a file)")
     s.set_defaults(func=cmd_sql)
 
-    s = sub.add_parser("ls", help="list artifacts")
-    s.add_argument("--kind")
+    s = sub.add_parser("ls", help="list artifacts",
+                       description="Every artifact: id, kind, name, state (complete; incomplete = a run stopped "
+                                   "before finishing, re-run it to resume; building), counts; * marks the "
+                                   "current version of each name.")
+    s.add_argument("--kind", help="only this kind: corpus, split, vocabulary, embeddings, ... (default: all)")
     s.set_defaults(func=cmd_ls)
 
-    s = sub.add_parser("show", help="show one artifact (id or name)")
-    s.add_argument("id")
-    s.set_defaults(func=cmd_show)
+    cli_show.add_parsers(sub)
+
+    for child in subparsers_of(p):
+        add_shared_options(child, top=False)
     return p
 
 
 def exit_code_of(action, *args) -> int:
-    """Run a command body; our own errors print as one message (no traceback) with their exit code."""
+    """Run a command body; our own errors print as one message (no traceback) with their exit code.
+    A body may return an exit status (doctor: 2 when the layout is not ready)."""
     try:
-        action(*args)
+        return action(*args) or 0
     except ClipstoreError as exc:
         print(f"clipstore: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("clipstore: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,16 +17,19 @@ def _store(args):
 def _scope_options(s: argparse.ArgumentParser, what: str) -> None:
     g = s.add_argument_group(f"captions to {what} (a split role, or whole corpora)")
     g.add_argument("--split", help="split name, e.g. rs_all")
-    g.add_argument("--role", choices=["labeled", "unlabeled", "train", "val", "test"], help="role in the split (train = labeled + unlabeled)")
-    g.add_argument("--corpus", action="append", default=[], help="corpus (repeat for several); caption-only corpora count")
+    g.add_argument("--role", choices=["labeled", "unlabeled", "train", "val", "test"],
+                   help="role in the split (train = labeled + unlabeled)")
+    g.add_argument("--corpus", action="append", default=[],
+                   help="corpus (repeat for several); caption-only corpora count")
     g.add_argument("--source-split", choices=["train", "val", "test"],
                    help="with --corpus: only the captions of the sources' own split (S-CLIP mines 'train')")
 
 
 def _match_options(s: argparse.ArgumentParser) -> None:
     g = s.add_argument_group("captions to match against the vocabulary (default: every caption of the scope's corpora)")
-    g.add_argument("--match-split", help="match the captions of this split")
-    g.add_argument("--match-role", choices=["labeled", "unlabeled", "train", "val", "test"])
+    g.add_argument("--match-split", help="match the captions of this split (default: none)")
+    g.add_argument("--match-role", choices=["labeled", "unlabeled", "train", "val", "test"],
+                   help="role in --match-split (default: every role)")
     g.add_argument("--match-corpus", action="append", default=[], help="match the captions of this corpus (repeat)")
 
 
@@ -38,8 +41,9 @@ def _export_options(s: argparse.ArgumentParser) -> None:
 
 
 def _summary(kind: str, art, t0: float) -> str:
+    from clipstore.cli import summary_line
     counts = ", ".join(f"{k} {v}" for k, v in art.counts.items() if not isinstance(v, dict))
-    return f"mine {kind} {art.name}: {counts} in {time.monotonic() - t0:.1f}s -> {art.artifact_id}"
+    return summary_line(f"mine {kind} {art.name}", art, counts, t0)
 
 
 def cmd_keywords(args) -> None:
@@ -97,7 +101,8 @@ def cmd_concepts(args) -> None:
     art = mine_concepts(_store(args), split=args.split, role=args.role, corpora=args.corpus or None,
                         min_images=args.min_images, min_length=args.min_length, max_df=args.max_df,
                         df_rule=args.df_rule, phrases=args.phrases, model=args.spacy_model,
-                        require_trained=args.require_trained, workers=args.workers, name=args.name, wait=args.wait, progress=not args.quiet)
+                        require_trained=args.require_trained, workers=args.workers, name=args.name, wait=args.wait,
+                        progress=not args.quiet)
     print(_summary("concepts", art, t0))
 
 
@@ -125,7 +130,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--dedup-lim", type=float, default=0.9, help="YAKE dedup threshold (default %(default)s)")
     s.add_argument("--dedup-func", default="seqm", choices=["seqm", "jaro", "levs"], help="YAKE dedup function")
     s.add_argument("--window", type=int, default=1, help="YAKE co-occurrence window (default %(default)s)")
-    s.add_argument("--language", default="en")
+    s.add_argument("--language", default="en", help="YAKE language (stop words)")
     s.add_argument("--name", help="vocabulary name (default keywords.<scope>)")
     _export_options(s)
     s.add_argument("--import", dest="import_files", type=Path, nargs="+", metavar="FILE",
@@ -158,9 +163,14 @@ def add_parsers(sub) -> None:
                                   "since a name means its newest version in SQL")
     s.set_defaults(func=cmd_concepts)
 
-    s = mine.add_parser("terms", help="parse captions once: nouns, noun phrases, YAKE keyphrases per caption")
-    s.add_argument("--corpus", action="append", required=True)
-    s.add_argument("--spacy-model", default="en_core_web_sm")
-    s.add_argument("--require-trained", action="store_true")
-    s.add_argument("--workers", type=int)
+    s = mine.add_parser("terms", help="parse captions once: nouns, noun phrases, YAKE keyphrases per caption",
+                        description="Parse every caption of a corpus once per extractor configuration (the "
+                                    "terms artifact, table caption_terms); keywords and concepts reuse it. "
+                                    "Incremental: new captions only; a killed run resumes.")
+    s.add_argument("--corpus", action="append", required=True, help="corpus to parse (repeat for several); required")
+    s.add_argument("--spacy-model", default="en_core_web_sm",
+                   help="trained spaCy pipeline when installed; otherwise the documented offline fallback")
+    s.add_argument("--require-trained", action="store_true",
+                   help="fail instead of falling back when it is missing (default: fall back)")
+    s.add_argument("--workers", type=int, help="parsing processes (default: CPU count)")
     s.set_defaults(func=cmd_terms)

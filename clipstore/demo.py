@@ -1,18 +1,17 @@
-"""`make demo`: the main job, end to end as far as the stages go today.
+"""`clipstore demo` (`make demo`): the main job, end to end as far as the stages go today.
 
-Ingests the project's real corpora (clipstore.toml) and a synthetic learnable corpus, builds the
-RS-ALL split, mines the configured vocabularies, caches embeddings with a small registered model
-(no pretrained weights exist on these machines), builds the kNN graph and the near-duplicate
-audit, then prints a summary and answers from the store's SQL."""
+Ingests the project's corpora (clipstore.toml: the real data) and a synthetic learnable corpus,
+builds the configured splits, mines the configured vocabularies, caches embeddings with a small
+registered model (no pretrained weights exist on these machines), builds the kNN graph and the
+near-duplicate audit, then prints a summary and answers from the store's SQL. Every step is
+incremental: a re-run prints "up to date" for each artifact and recomputes nothing."""
 
 from __future__ import annotations
 
-import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
-
-from clipstore.cli import exit_code_of
 
 QUESTIONS = [
     ("Corpora in the store",
@@ -37,73 +36,122 @@ QUESTIONS = [
     ("Classes of the synthetic classification set",
      "SELECT class, count(*) AS images FROM samples WHERE corpus = 'synth_cls' GROUP BY class ORDER BY class"),
 ]
+EXPLORE_SQL = "SELECT corpus, count(*) AS samples FROM samples GROUP BY corpus ORDER BY corpus"
 
 
-def run(store_dir: str, data: str | None, synth_dir: Path, quiet: bool = False) -> None:
+def _report(art) -> None:
+    from clipstore.project import summary
+    print(f"   {summary(art)}", flush=True)
+
+
+def ingest_step(store, project, synth_dir: Path, synth_images: int = 2000, quiet: bool = False,
+                wait: bool = False) -> list:
+    """The project's corpora and splits, then the synthetic corpus (written once per seed and size)."""
     from clipstore.ingest.pipeline import ingest
     from clipstore.ingest.synth import is_current, write_synthetic
-    from clipstore.project import ingest_all, load
-    from clipstore.warehouse.sql import query, render
-    from clipstore.warehouse.store import Store
-
-    t0 = time.monotonic()
-    store = Store(store_dir)
-    print(f"== clipstore demo: store {store.root}")
-    project = load(data_root=data)
+    from clipstore.project import ingest_all
     print(f"-- ingesting {len(project.corpora)} corpora from {project.data_root}")
-    ingest_all(store, project, progress=not quiet)
-    if not is_current(synth_dir, seed=0):
+    arts = ingest_all(store, project, progress=not quiet, wait=wait, report=_report)
+    if not is_current(synth_dir, seed=0, n_images=synth_images):
         print(f"-- writing the synthetic learnable corpus to {synth_dir}")
-        write_synthetic(synth_dir, seed=0)
-    ingest(store, "karpathy", synth_dir / "captions", name="synth", progress=not quiet)
-    ingest(store, "imagefolder", synth_dir / "classification", name="synth_cls", progress=not quiet)
-    for title, sql in QUESTIONS:
+        write_synthetic(synth_dir, seed=0, n_images=synth_images)
+    for fmt, folder, name in (("karpathy", "captions", "synth"), ("imagefolder", "classification", "synth_cls")):
+        arts.append(ingest(store, fmt, synth_dir / folder, name=name, progress=not quiet, wait=wait))
+        _report(arts[-1])
+    return arts
+
+
+def ask(store, questions=QUESTIONS) -> None:
+    """Print each question and its answer table."""
+    from clipstore.warehouse.sql import query, render
+    for title, sql in questions:
         print(f"\n-- {title}\n{sql.strip() if len(sql) < 120 else ''}".rstrip())
         sys.stdout.write(render(query(store, sql)))
-    features_and_mining(store, project, quiet)
-    print(f"\n== done in {time.monotonic() - t0:.1f}s; explore with: clipstore --store {store.root} sql \"...\"")
 
 
-def features_and_mining(store, project, quiet: bool) -> None:
+def features_and_mining(store, project, quiet: bool = False, wait: bool = False) -> None:
     from clipstore.features.dedup import audit_near_duplicates
     from clipstore.features.embed import embed
-    from clipstore.features.models import ModelSpec
     from clipstore.features.graph import build_knn_graph
+    from clipstore.features.models import ModelSpec
     from clipstore.mining.examples import QUERIES, REAL_STORE, bind
     from clipstore.mining.keywords import mine_keywords
     from clipstore.project import embed_all, mine_all
     from clipstore.warehouse.sql import Session, render
 
     print("\n-- mining the configured vocabularies (keywords, class names, concepts)")
-    for art in mine_all(store, project, progress=not quiet):
-        print(f"   {art.name:<30} {', '.join(f'{k} {v}' for k, v in art.counts.items())}")
+    mine_all(store, project, progress=not quiet, wait=wait, report=_report)
     print("-- caching embeddings (tiny-vit, random init) and the kNN graph")
-    for art in embed_all(store, project, progress=not quiet):
-        print(f"   {art.name:<30} {art.counts.get('vectors')} vectors")
+    cached = embed_all(store, project, progress=not quiet, wait=wait, report=_report)
     # every modality of one corpus: its keywords are mined first, its classes are the synth scenes
-    mine_keywords(store, corpora=["synth"], top=100, progress=not quiet)
+    _report(mine_keywords(store, corpora=["synth"], top=100, progress=not quiet, wait=wait))
     for art in embed(store, model=ModelSpec("tiny-vit"), corpus="synth",
-                     modality="image,caption,keyword,classname", progress=not quiet):
-        print(f"   {art.name:<30} {art.counts.get('vectors')} vectors")
-    graph = build_knn_graph(store, "ucm_captions.image.tiny-vit", k=10)
-    audit = audit_near_duplicates(store, graph.artifact_id, 0.99)
-    print(f"   {graph.name}: {graph.counts.get('edges')} edges; near-duplicate pairs (cos >= 0.99, "
-          f"a random model): {audit.counts.get('pairs')}")
+                     modality="image,caption,keyword,classname", progress=not quiet, wait=wait):
+        _report(art)
+    images = [a for a in cached if a.params.get("modality") == "image"] or \
+        [a for a in store.current_all("embeddings") if a.name == "synth.image.tiny-vit"]
+    graph = build_knn_graph(store, images[0].artifact_id, k=10, wait=wait)
+    audit = audit_near_duplicates(store, graph.artifact_id, 0.99, wait=wait)
+    _report(graph)
+    _report(audit)
+    print(f"   near-duplicate pairs in {graph.name} (cos >= 0.99, a random model): {audit.counts.get('pairs')}")
     with Session(store) as session:
         for title, sql in QUERIES:
             print(f"\n-- {title}")
             sys.stdout.write(render(session.query(sql, bind(sql, REAL_STORE))))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m clipstore.demo", description=__doc__)
-    ap.add_argument("--store", default="store")
-    ap.add_argument("--data", default=None, help="data root (default: clipstore.toml's [data].root)")
-    ap.add_argument("--synth-dir", type=Path, default=Path("out/synth"))
-    ap.add_argument("-q", "--quiet", action="store_true")
-    args = ap.parse_args(argv)
-    return exit_code_of(run, args.store, args.data, args.synth_dir, args.quiet)
+def cli_command() -> str:
+    """How to run clipstore from this shell, as it must be typed: plain `clipstore` when the shell
+    finds this environment's script, else the script's path (e.g. `.venv/bin/clipstore`)."""
+    script = Path(sys.executable).parent / "clipstore"
+    found = shutil.which("clipstore")
+    if not script.exists() or (found and Path(found).resolve() == script.resolve()):
+        return "clipstore"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def closing_hint(store_root: Path) -> str:
+    command = cli_command()
+    line = f"explore with: {command} --store {store_root} sql \"{EXPLORE_SQL}\""
+    if command != "clipstore":
+        line += f"\n   (or run `source {Path(command).parent}/activate` once, then type plain `clipstore`)"
+    return line
+
+
+def run(store_dir: str | None, data: str | None, synth_dir: Path, quiet: bool = False,
+        config: Path | None = None, synth_images: int = 2000, wait: bool = False) -> None:
+    from clipstore.project import DEFAULT_CONFIG, load
+    from clipstore.warehouse.store import Store
+
+    t0 = time.monotonic()
+    project = load(config or DEFAULT_CONFIG, data_root=data)
+    store = Store(store_dir)
+    print(f"== clipstore demo: store {store.root}")
+    ingest_step(store, project, synth_dir, synth_images=synth_images, quiet=quiet, wait=wait)
+    ask(store)
+    features_and_mining(store, project, quiet, wait=wait)
+    print(f"\n== done in {time.monotonic() - t0:.1f}s; {closing_hint(store.root)}")
+
+
+def cmd_demo(args) -> None:
+    run(args.store, args.data, args.synth_dir, quiet=args.quiet, config=args.config,
+        synth_images=args.synth_images, wait=args.wait)
+
+
+def add_parsers(sub) -> None:
+    from clipstore.project import DEFAULT_CONFIG
+    s = sub.add_parser("demo", help="the main job end to end on the project's data, with a summary and SQL answers",
+                       description=__doc__.split("\n\n")[1].replace("\n", " "))
+    s.add_argument("--config", type=Path, metavar="FILE", default=DEFAULT_CONFIG,
+                   help=f"project file (default: ./{DEFAULT_CONFIG})")
+    s.add_argument("--data", metavar="DIR", help="data root (default: $CLIPSTORE_DATA, else [data].root of the "
+                                                 "project file)")
+    s.add_argument("--synth-dir", type=Path, default=Path("out/synth"), metavar="DIR",
+                   help="where the synthetic corpus is written (default: %(default)s)")
+    s.add_argument("--synth-images", type=int, default=2000, metavar="N",
+                   help="images in the synthetic corpus (default: %(default)s)")
+    s.set_defaults(func=cmd_demo)

@@ -117,7 +117,8 @@ def ranked_entries(found: list[tuple[str, float | None]]) -> tuple[list[str], li
 
 
 def mine_keywords(store: Store, *, split: str | None = None, role: str | None = None,
-                  corpora: list[str] | None = None, source_split: str | None = None, top: int = 300, ngram: int = 2, dedup_lim: float = 0.9,
+                  corpora: list[str] | None = None, source_split: str | None = None, top: int = 300, ngram: int = 2,
+                  dedup_lim: float = 0.9,
                   dedup_func: str = "seqm", window: int = 1, language: str = "en", unique_captions: bool = False,
                   match_split: str | None = None, match_role: str | None = None,
                   match_corpora: list[str] | None = None, name: str | None = None, wait: bool = False,

@@ -154,7 +154,8 @@ def keyword_matrix(vocab_id: str, captions: pa.Table, keyword_ids: Sequence[str]
     pair_sample, pair_keyword = pairs // n_keywords, pairs % n_keywords
     counts = np.bincount(pair_sample, minlength=n_samples).astype(np.int32)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    candidate_lists = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), ids.take(pa.array(pair_keyword, pa.int64())))
+    candidate_lists = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
+                                               ids.take(pa.array(pair_keyword, pa.int64())))
     rows = pa.array(first_caption)
     captions_per_sample = np.bincount(sample_of_caption, minlength=n_samples).astype(np.int32)
     hit_per_sample = np.bincount(sample_of_caption[np.unique(cap)], minlength=n_samples).astype(np.int32)

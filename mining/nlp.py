@@ -252,7 +252,8 @@ class _Tagger:
     def _word(self, word: str, lookup_lemma: str) -> _Word:
         noun = self._noun_lemma(word, lookup_lemma)
         verb_forms = self._forms(word, "verb")
-        adjective, adverb = bool(self._forms(word, "adj")), word in self._index["adv"] or word in self._exceptions["adv"]
+        adjective = bool(self._forms(word, "adj"))
+        adverb = word in self._index["adv"] or word in self._exceptions["adv"]
         if noun is None and not (verb_forms or adjective or adverb):
             return self._unknown(word)
         return _Word(noun=noun, plural=noun is not None and noun != word,

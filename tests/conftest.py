@@ -1,10 +1,17 @@
-"""Shared fixtures: the real data beside the checkout, fresh stores, and a CLI runner."""
+"""Shared fixtures: the real data beside the checkout, fresh stores, and CLI runners.
+
+Test tiers: a test that reads the real data (the `shared_data` fixture, directly or through another
+fixture) or lives in a module that starts processes (imports `subprocess`) is marked `slow` here,
+centrally; `make test-fast` runs the rest (`pytest -m "not slow"`)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,9 +46,53 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, cwd: Path |
     return proc
 
 
+@dataclass
+class CliResult:
+    """What a command printed and returned, shaped like subprocess.CompletedProcess."""
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_main(*args, check: bool = True, env: dict | None = None, cwd: Path | None = None) -> CliResult:
+    """Run `clipstore.cli.main(argv)` in this process, capturing stdout and stderr (argparse's
+    exits, `--help` included, become return codes as in a subprocess)."""
+    from clipstore.cli import main
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    try:
+        os.environ.update(env or {})
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    result = CliResult(argv, code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"clipstore {' '.join(argv)} failed ({code}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
 @pytest.fixture
 def cli():
-    return run_cli
+    """The command line, in process: cli("--store", root, "ls").stdout."""
+    return run_main
+
+
+def pytest_collection_modifyitems(config, items):
+    slow = pytest.mark.slow
+    for item in items:
+        module = getattr(item, "module", None)
+        if "shared_data" in getattr(item, "fixturenames", ()) or getattr(module, "subprocess", None) is subprocess:
+            item.add_marker(slow)
 
 
 def write_karpathy(root: Path, entries: list[dict], name: str = "dataset.json") -> Path:

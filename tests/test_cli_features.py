@@ -1,10 +1,12 @@
-"""`clipstore embed | index | knn | dedup | neighbors` end to end through the command line."""
+"""`clipstore embed | index | knn | dedup | neighbors` end to end through the command line (in process)."""
 
 from __future__ import annotations
 
 import json
 
-from conftest import karpathy_from_real_images, run_cli
+import pytest
+
+from conftest import karpathy_from_real_images, run_main as run_cli
 
 
 def test_embed_index_knn_neighbors(tmp_path, shared_data):
@@ -50,6 +52,7 @@ def test_embed_errors_are_clear(tmp_path, shared_data):
     assert bad.returncode != 0 and "unknown modality 'sound'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_the_issue_command_embeds_all_four_modalities_of_synth(tmp_path):
     """`embed --corpus synth --modality image,caption,keyword,classname`: the keywords are the
     vocabulary mined over the corpus (`keywords.synth`), the classes the synth scenes."""

@@ -1,4 +1,4 @@
-"""`clipstore mine ...` end to end through the command line, on the real UCM captions."""
+"""`clipstore mine ...` end to end through the command line (in process), on the real UCM captions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_main as run_cli
 
 
 @pytest.fixture(scope="module")

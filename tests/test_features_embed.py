@@ -139,7 +139,7 @@ def test_image_vectors_equal_a_reference_computation(store, tmp_path, shared_dat
 def test_text_vectors_equal_a_reference_computation(store, tmp_path, shared_data, tiny):
     ucm_corpus(store, shared_data, tmp_path / "corpus", n=6)
     folders = tmp_path / "cls"
-    for i, f in enumerate(real_ucm_tiffs(shared_data, 210)[::70]):  # three classes, one image each
+    for f in real_ucm_tiffs(shared_data, 210)[::70]:  # three classes, one image each
         (folders / f.parent.name).mkdir(parents=True)
         shutil.copyfile(f, folders / f.parent.name / f.name)
     ingest(store, "imagefolder", folders, name="three_cls", workers=1, progress=False)

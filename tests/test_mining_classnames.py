@@ -133,7 +133,8 @@ def test_rsscn7_folders_and_matching_captions(tmp_path, shared_data):
     assert rows["aGrass"]["rule"] == "ordinal_prefix+lowercase"
     matched = query(store, "SELECT c.text, list_sort(list(k.keyword)) AS kws FROM caption_keywords ck "
                            "JOIN keywords k USING (vocab_id, keyword_id) JOIN captions c USING (caption_id) "
-                           "WHERE ck.vocab_id = $v GROUP BY c.text ORDER BY c.text", {"v": vocab.artifact_id}).to_pylist()
+                           "WHERE ck.vocab_id = $v GROUP BY c.text ORDER BY c.text",
+                    {"v": vocab.artifact_id}).to_pylist()
     assert matched == [{"text": "a river , lake and forest", "kws": ["forest"]},
                        {"text": "a river lake beside grass fields", "kws": ["grass", "river lake"]},
                        {"text": "grass around a parking", "kws": ["grass", "parking"]}]

@@ -109,7 +109,8 @@ def test_matrix_in_the_store_agrees_with_sql_substring_search(rsicd, tmp_path):
     # the same rule written independently in SQL: phrase punctuation -> " | ", other non-word -> " "
     by_sql = query(rsicd, r"""
         WITH forms AS (SELECT ' ' || trim(regexp_replace(regexp_replace(regexp_replace(lower(text),
-                                   '[^a-z0-9\s''’/_-]+', ' | ', 'g'), '[^a-z0-9|]+', ' ', 'g'), '\s+', ' ', 'g')) || ' ' AS f
+                                   '[^a-z0-9\s''’/_-]+', ' | ', 'g'), '[^a-z0-9|]+', ' ', 'g'),
+                                   '\s+', ' ', 'g')) || ' ' AS f
                        FROM captions)
         SELECT k.keyword, count(*) AS n FROM forms, keywords k
         WHERE k.vocab_id = $v AND contains(f, ' ' || k.keyword || ' ') GROUP BY k.keyword ORDER BY k.keyword""",

@@ -94,7 +94,7 @@ def read_split_lists(root: Path) -> tuple[dict[str, str], dict[str, list[str]], 
         if path is None:
             continue
         files.append(path)
-        for n, line, err in read_lines(path):
+        for _n, line, err in read_lines(path):
             if err:
                 raise InputError(err, where=str(path), fix="split lists must be UTF-8 text, one file name per line")
             name = line.strip()
@@ -140,7 +140,7 @@ class CaptionListAdapter(Adapter):
 
     def _records(self, groups, image_root: Path, mapping, notes: list[str]):
         dropped = 0
-        for split, caps, names, entries in groups:
+        for split, caps, _names, entries in groups:
             for entry in entries:
                 if isinstance(entry, Reject):
                     yield entry
