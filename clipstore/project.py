@@ -30,7 +30,7 @@ NAMES = {"str": "a string", "path": "a path string", "int": "an integer", "float
 DATA = {"root": "path"}
 CORPUS = {"name": "str!", "format": "str!", "path": "path!", "images": "path", "image_map": "path",
           "keep_missing": "bool", "preset": "str", "shard_size": "int", "workers": "int",
-          "keep_original": "bool", "max_pixels": "int", "png_level": "int"}
+          "keep_original": "bool", "max_pixels": "int", "png_level": "int", "replace": "bool"}
 SPLIT = {"name": "str!", "corpora": "list[str]!", "unlabeled_corpora": "list[str]", "labeled_ratio": "float!",
          "seed": "int!", "compat": "str"}
 _MATCH = {"match_split": "str", "match_role": "str", "match_corpora": "list[str]"}

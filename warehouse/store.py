@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from clipstore.warehouse import catalog, fs
-from clipstore.warehouse.errors import ClipstoreError, InputError, NotFoundError
+from clipstore.warehouse.errors import InputError, NotFoundError
 from clipstore.warehouse.hashing import digest, file_sha256
 from clipstore.warehouse.lock import writer_alive, writer_lock
 
