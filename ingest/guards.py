@@ -24,16 +24,18 @@ def check_options(*, shard_size: int, workers: int | None, max_pixels: int, png_
 
 
 def check_replacement(current: Artifact | None, artifact_id: str, stats: dict, replace: bool) -> None:
-    """Refuse (InputError) a version with no sample at all while its source had entries, or one
-    that loses more than MAX_SILENT_LOSS of the current version's samples or images; `replace`
+    """Refuse (InputError) a version in which no image was found (no sample, and no entry
+    rejected for its image's content: every image missing, e.g. a wrong --images), or one that
+    loses more than MAX_SILENT_LOSS of the current version's samples or images; `replace`
     accepts it."""
     if replace:
         return
     new = stats["counts"]
     accept = "pass --replace (ingest(..., replace=True)) to make this version current anyway"
-    if new.get("samples", 0) == 0 and new.get("rejects", 0) > 0:
+    no_image_found = not stats.get("rejects_by_stage", {}).get("decode")
+    if new.get("samples", 0) == 0 and new.get("rejects", 0) > 0 and no_image_found:
         raise InputError(
-            f"no entry became a sample: all {new['rejects']:,} entries were rejected "
+            f"no entry became a sample and no image was found: all {new['rejects']:,} entries were rejected "
             f"({_reasons(stats)}); nothing was published"
             + (f", and the current version {current.artifact_id} stays current" if current else ""),
             where=artifact_id,

@@ -3,7 +3,9 @@
 Only entries that are new or changed since the last ingest of the same recipe are processed
 (the ingest ledger remembers each source key's state). Work is cut into parts of `shard_size`
 entries in source order; workers build parts in parallel and the parent commits them strictly in
-order, so a killed run leaves a prefix of parts and a re-run produces exactly the missing ones."""
+order, so a killed run leaves a prefix of parts and a re-run produces exactly the missing ones.
+At the end, shards holding superseded samples are rewritten (ingest/compact.py) and the new
+version is checked against the current one (ingest/guards.py) before it is published."""
 
 from __future__ import annotations
 
@@ -65,11 +67,15 @@ def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str |
                                 tables=tables.CORPUS_TABLES,
                                 config={**params, "workers": workers, "replace": replace}, reuse=False)
         with builder.failing_on_error():
-            # the progress total: a second, cheap pass over a fresh copy of the source (no decoding)
-            recount = (lambda ledger: sum(1 for _ in _pending(adapter.open(path, options).records, ledger))) \
-                if progress else None
+            count = _pending_counter(adapter, path, options) if progress else None
             return _run(store, builder, source, name, image_options, keep_missing, shard_size, workers,
-                        recount, replace)
+                        count, replace)
+
+
+def _pending_counter(adapter, path: Path, options: IngestOptions):
+    """ledger -> how many entries a run will process, for the progress bar's total and ETA: a
+    second pass over a fresh copy of the source (annotations and a stat per image, no decoding)."""
+    return lambda ledger: sum(1 for _ in _pending(adapter.open(path, options).records, ledger))
 
 
 def _preset(preset: str | None, name: str, how: str) -> str | None:
@@ -80,7 +86,7 @@ def _preset(preset: str | None, name: str, how: str) -> str | None:
 
 
 def _run(store: Store, builder: ArtifactBuilder, source, name: str, image_options: ImageOptions,
-         keep_missing: bool, shard_size: int, workers: int, recount, replace: bool) -> Artifact:
+         keep_missing: bool, shard_size: int, workers: int, count_pending, replace: bool) -> Artifact:
     started = time.monotonic()
     classes = [{"corpus": name, "class": raw, "class_index": i, "name": display}
                for i, (raw, display) in enumerate(source.classes or [])]
@@ -91,7 +97,7 @@ def _run(store: Store, builder: ArtifactBuilder, source, name: str, image_option
     first_part = next_part = builder.next_part()
     totals: Counter = Counter()
     ledger = _committed_states(builder)
-    bar = None if recount is None else _progress(name, recount(ledger))
+    bar = None if count_pending is None else _progress(name, count_pending(ledger))
 
     def commit(writer: PartWriter) -> None:
         result = writer.close()

@@ -35,7 +35,7 @@ def test_typo_in_images_is_refused_and_publishes_nothing(store, corpus, tmp_path
                  "--images", str(tmp_path / "imgaes"), "--workers", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert "no entry became a sample: all 10 entries were rejected (10 image file missing)" in err
+    assert "no image was found: all 10 entries were rejected (10 image file missing)" in err
     assert "--replace" in err and "--images" in err
     assert store.current("corpus", "ucm") is None
     with Session(store) as session:
