@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decompression-bomb guard: larger images are rejected (default %(default)s)")
     s.add_argument("--replace", action="store_true",
                    help="accept a version that loses more than 10%% of the current version's samples or images, "
-                        "or has no sample at all (refused by default)")
+                        "or in which no image was found (refused by default)")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("doctor", help="check a raw layout before ingest and say what is missing")

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from clipstore.ingest import tables
-from clipstore.ingest.adapters import PRESETS
+from clipstore.ingest.adapters import PRESETS, IngestOptions, get_adapter
 from clipstore.ingest.compact import compact
 from clipstore.ingest.guards import check_options, check_replacement
 from clipstore.ingest.naming import corpus_name
-from clipstore.ingest.adapters import IngestOptions, get_adapter
 from clipstore.ingest.images import DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL
 from clipstore.ingest.parts import (Entry, ImageOptions, Outcome, PartWriter, outcome_without_image,
                                     process_batch)
@@ -43,8 +42,8 @@ def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str |
            keep_original: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, png_level: int = DEFAULT_PNG_LEVEL,
            wait: bool = False, progress: bool = True, replace: bool = False) -> Artifact:
     """Ingest a raw corpus into the store and return its corpus artifact (see docs/ingest-versions.md).
-    A version that would lose more than guards.MAX_SILENT_LOSS of the current one's samples, or
-    that has no sample at all, is refused unless `replace`."""
+    A version that would lose more than guards.MAX_SILENT_LOSS of the current one's samples or
+    images, or in which no image was found, is refused unless `replace`."""
     check_options(shard_size=shard_size, workers=workers, max_pixels=max_pixels, png_level=png_level)
     store = store if isinstance(store, Store) else Store(store)
     path = Path(path)
