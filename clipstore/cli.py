@@ -79,7 +79,11 @@ def cmd_ingest(args) -> None:
     art = ingest(_store(args), args.format, args.path, name=args.name, images=args.images,
                  image_map=args.image_map, keep_missing=args.keep_missing, preset=args.preset,
                  shard_size=args.shard_size, workers=args.workers, keep_original=args.keep_original,
-                 max_pixels=args.max_pixels, wait=args.wait, progress=not args.quiet)
+                 max_pixels=args.max_pixels, wait=args.wait, progress=not args.quiet, replace=args.replace)
+    from clipstore.ingest.naming import corpus_name, describe
+    named = describe(*corpus_name(args.format, args.path, args.name, args.preset), args.path)
+    if named:
+        print(named)
     c = art.counts
     details = (f"{c.get('samples', 0)} samples ({c.get('images', 0)} with image, "
                f"{c.get('caption_only', 0)} caption-only), {c.get('captions', 0)} captions, "
@@ -149,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Re-running processes only new or changed entries.")
     s.add_argument("format", choices=formats, metavar="FORMAT", help=f"one of: {', '.join(formats)}")
     s.add_argument("path", type=Path, metavar="PATH", help="corpus root (standard file names) or the annotation file")
-    s.add_argument("--name", help="corpus name in the store (default: FORMAT; imagefolder presets by name)")
+    s.add_argument("--name", help="corpus name in the store (default: FORMAT; for karpathy, jsonl, imagefolder "
+                                  "and hf: --preset, else the folder's name; imagefolder presets by name)")
     s.add_argument("--images", type=Path, help="image folder (default: the layout's standard one)")
     s.add_argument("--image-map", type=Path,
                    help="TSV mapping annotation file names to paths below --images (default: none)")
@@ -164,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store TIFF etc. as original bytes (default: transcode to lossless PNG)")
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="decompression-bomb guard: larger images are rejected (default %(default)s)")
+    s.add_argument("--replace", action="store_true",
+                   help="accept a version that loses more than 10%% of the current version's samples or images, "
+                        "or in which no image was found (refused by default)")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("doctor", help="check a raw layout before ingest and say what is missing",

@@ -3,7 +3,9 @@
 Only entries that are new or changed since the last ingest of the same recipe are processed
 (the ingest ledger remembers each source key's state). Work is cut into parts of `shard_size`
 entries in source order; workers build parts in parallel and the parent commits them strictly in
-order, so a killed run leaves a prefix of parts and a re-run produces exactly the missing ones."""
+order, so a killed run leaves a prefix of parts and a re-run produces exactly the missing ones.
+At the end, shards holding superseded samples are rewritten (ingest/compact.py) and the new
+version is checked against the current one (ingest/guards.py) before it is published."""
 
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from clipstore.ingest import tables
-from clipstore.ingest.adapters import IngestOptions, get_adapter
+from clipstore.ingest.adapters import PRESETS, IngestOptions, get_adapter
+from clipstore.ingest.compact import compact
+from clipstore.ingest.guards import check_options, check_replacement
+from clipstore.ingest.naming import corpus_name
 from clipstore.ingest.images import DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL
 from clipstore.ingest.parts import (Entry, ImageOptions, Outcome, PartWriter, outcome_without_image,
                                     process_batch)
@@ -35,15 +40,19 @@ def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str |
            images: str | Path | None = None, image_map: str | Path | None = None, keep_missing: bool = False,
            preset: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, workers: int | None = None,
            keep_original: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, png_level: int = DEFAULT_PNG_LEVEL,
-           replace: bool = False, wait: bool = False, progress: bool = True) -> Artifact:
-    """Ingest a raw corpus into the store and return its corpus artifact (see DESIGN §3)."""
+           wait: bool = False, progress: bool = True, replace: bool = False) -> Artifact:
+    """Ingest a raw corpus into the store and return its corpus artifact (see docs/ingest-versions.md).
+    A version that would lose more than guards.MAX_SILENT_LOSS of the current one's samples or
+    images, or in which no image was found, is refused unless `replace`."""
+    check_options(shard_size=shard_size, workers=workers, max_pixels=max_pixels, png_level=png_level)
     store = store if isinstance(store, Store) else Store(store)
     path = Path(path)
-    name = name or fmt
+    name, how = corpus_name(fmt, path, name, preset)
     options = IngestOptions(images=Path(images) if images else None,
                             image_map=Path(image_map) if image_map else None,
-                            keep_missing=keep_missing, preset=preset or name)
-    source = get_adapter(fmt).open(path, options)
+                            keep_missing=keep_missing, preset=_preset(preset, name, how))
+    adapter = get_adapter(fmt)
+    source = adapter.open(path, options)
     image_options = ImageOptions(keep_original=keep_original, max_pixels=max_pixels, png_level=png_level)
     params = {"format": fmt, "source": str(path.resolve()),
               "images": str(options.images.resolve()) if options.images else None,
@@ -54,22 +63,40 @@ def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str |
     with store.writing(wait=wait):
         # incremental: the recipe names the source, not its contents; the ledger finds what changed
         builder = store.produce(kind="corpus", name=name, stage="ingest", version=STAGE_VERSION, params=params,
-                                tables=tables.CORPUS_TABLES, config={**params, "workers": workers}, reuse=False)
+                                tables=tables.CORPUS_TABLES,
+                                config={**params, "workers": workers, "replace": replace}, reuse=False)
         with builder.failing_on_error():
-            return _run(store, builder, source, name, image_options, keep_missing, shard_size, workers, progress)
+            count = _pending_counter(adapter, path, options) if progress else None
+            return _run(store, builder, source, name, image_options, keep_missing, shard_size, workers,
+                        count, replace)
+
+
+def _pending_counter(adapter, path: Path, options: IngestOptions):
+    """ledger -> how many entries a run will process, for the progress bar's total and ETA: a
+    second pass over a fresh copy of the source (annotations and a stat per image, no decoding)."""
+    return lambda ledger: sum(1 for _ in _pending(adapter.open(path, options).records, ledger))
+
+
+def _preset(preset: str | None, name: str, how: str) -> str | None:
+    """imagefolder presets are also chosen by a given name; a derived name picks only a real preset."""
+    if preset or how == "given":
+        return preset or name
+    return name if name in PRESETS else None
 
 
 def _run(store: Store, builder: ArtifactBuilder, source, name: str, image_options: ImageOptions,
-         keep_missing: bool, shard_size: int, workers: int, progress: bool) -> Artifact:
+         keep_missing: bool, shard_size: int, workers: int, count_pending, replace: bool) -> Artifact:
     started = time.monotonic()
     classes = [{"corpus": name, "class": raw, "class_index": i, "name": display}
                for i, (raw, display) in enumerate(source.classes or [])]
     class_index = {c["class"]: c["class_index"] for c in classes}
-    classes_changed = bool(classes) and _committed_classes(builder) != [(c["class"], c["name"]) for c in classes]
+    visible_classes = _committed_classes(builder)
+    classes_changed = any(visible_classes.get(c["class"]) != (c["class_index"], c["name"]) for c in classes)
     out_dir = builder.temp_dir("parts")
     first_part = next_part = builder.next_part()
     totals: Counter = Counter()
-    bar = _progress(progress, name)
+    ledger = _committed_states(builder)
+    bar = None if count_pending is None else _progress(name, count_pending(ledger))
 
     def commit(writer: PartWriter) -> None:
         result = writer.close()
@@ -79,7 +106,7 @@ def _run(store: Store, builder: ArtifactBuilder, source, name: str, image_option
             bar.set_postfix(images=totals["images"], rejected=totals["rejected"], refresh=False)
 
     writer = None
-    entries = _pending(source.records, _committed_states(builder))
+    entries = _pending(source.records, ledger)
     for entry, outcome in _outcomes(entries, image_options, keep_missing, workers):
         if writer is None:
             writer = PartWriter(next_part, name, out_dir, class_index,
@@ -97,15 +124,18 @@ def _run(store: Store, builder: ArtifactBuilder, source, name: str, image_option
     if bar is not None:
         bar.close()
 
+    compaction = compact(builder, out_dir)   # shards hold exactly the current samples
     from clipstore.ingest.stats import corpus_stats  # after the parts: stats read the logical tables
-    _write_sizes(builder)
     stats = corpus_stats(store, name, building=builder)
     stats["notes"] = source.notes
+    check_replacement(store.current("corpus", name), builder.artifact_id, stats, replace)
     processed = totals["samples"] + totals["rejected"]
     summary = {"processed": processed, "new_images": totals["images"], "new_rejects": totals["rejected"],
-               "seconds": round(time.monotonic() - started, 3)}
-    noop = processed == 0 and builder.complete and not builder.pending_parts
-    return builder.finish(counts=stats["counts"], stats=stats, summary=summary, noop=noop)
+               "rewritten_parts": len(compaction.rewritten), "seconds": round(time.monotonic() - started, 3)}
+    noop = processed == 0 and not compaction.changed and builder.complete and not builder.pending_parts
+    done = builder.finish(counts=stats["counts"], stats=stats, summary=summary, noop=noop)
+    _write_sizes(builder)   # after finish, so sizes.json never lists a version that is not current
+    return done
 
 
 def _committed_states(builder: ArtifactBuilder) -> dict[str, str]:
@@ -117,12 +147,11 @@ def _committed_states(builder: ArtifactBuilder) -> dict[str, str]:
     return dict(zip(table.column("source_key").to_pylist(), table.column("state").to_pylist()))
 
 
-def _committed_classes(builder: ArtifactBuilder) -> list[tuple[str, str]]:
+def _committed_classes(builder: ArtifactBuilder) -> dict[str, tuple[int, str]]:
+    """class -> (index, display name) as the classes view shows it (each class's newest row)."""
     paths = [p for _, _, p in builder.committed_parts("classes")]
-    if not paths:
-        return []
-    latest = read_parquet(paths[-1:]).to_pylist()
-    return [(r["class"], r["name"]) for r in sorted(latest, key=lambda r: r["class_index"])]
+    rows = read_parquet(paths).to_pylist() if paths else []
+    return {r["class"]: (r["class_index"], r["name"]) for r in rows}   # parts in order: newest wins
 
 
 def _state(item: SourceRecord | Reject) -> str:
@@ -186,14 +215,14 @@ def _outcomes(entries: Iterator[Entry], options: ImageOptions, keep_missing: boo
 
 
 def _write_sizes(builder: ArtifactBuilder) -> None:
-    """open_clip reads sample counts from sizes.json beside the shards."""
-    sizes = {path.name: rows for path, rows in builder.committed_rows("shards")}
+    """open_clip reads sample counts from sizes.json beside the shards: the version's live shards
+    only (a retired shard's file stays on disk, superseded)."""
+    live = {path for _, _, path in builder.committed_parts("shards")}
+    sizes = {path.name: rows for path, rows in builder.committed_rows("shards") if path in live}
     if sizes:
         builder.write_file("shards/sizes.json", json.dumps(sizes, indent=1, sort_keys=True))
 
 
-def _progress(enabled: bool, name: str):
-    if not enabled:
-        return None
+def _progress(name: str, total: int | None):
     from tqdm import tqdm
-    return tqdm(desc=f"ingest {name}", unit=" entries", dynamic_ncols=True, leave=False)
+    return tqdm(desc=f"ingest {name}", unit=" entries", total=total, dynamic_ncols=True, leave=False)

@@ -9,7 +9,7 @@ from clipstore.warehouse.store import Store
 
 
 def corpus_stats(store: Store, corpus: str, building=None) -> dict:
-    """counts, rejects_by_reason, splits, formats and audit of one corpus, in one SQL session
+    """counts, rejects_by_reason, rejects_by_stage (parse, read, decode), splits, formats and audit of one corpus, in one SQL session
     (`building`: the corpus artifact being written, read with its pending parts)."""
     with Session(store, building=building) as session:
         rows = lambda sql: session.query(sql, [corpus]).to_pylist()  # noqa: E731
@@ -28,9 +28,12 @@ def corpus_stats(store: Store, corpus: str, building=None) -> dict:
             SELECT regexp_extract(reason, '^[^:(]*') AS reason, count(*) AS n FROM rejects
             WHERE corpus = ? GROUP BY 1 ORDER BY n DESC, reason""")}
         counts["rejects"] = sum(rejects_by_reason.values())
+        rejects_by_stage = {r["stage"]: r["n"] for r in rows(
+            "SELECT stage, count(*) AS n FROM rejects WHERE corpus = ? GROUP BY 1 ORDER BY 1")}
         splits = {r["split"] or "": r["n"] for r in rows(
             "SELECT split, count(*) AS n FROM samples WHERE corpus = ? GROUP BY 1 ORDER BY 1")}
         formats = {r["format"]: r["n"] for r in rows(
             "SELECT format, count(*) AS n FROM images WHERE corpus = ? GROUP BY 1 ORDER BY 1")}
-        return {"counts": counts, "rejects_by_reason": rejects_by_reason, "splits": splits, "formats": formats,
+        return {"counts": counts, "rejects_by_reason": rejects_by_reason, "rejects_by_stage": rejects_by_stage,
+                "splits": splits, "formats": formats,
                 "audit": corpus_audit(session, corpus, tables)}

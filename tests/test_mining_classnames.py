@@ -122,7 +122,7 @@ def test_rsscn7_folders_and_matching_captions(tmp_path, shared_data):
     write_karpathy(tmp_path / "caps", [
         {"filename": "1.tif", "captions": ["a river , lake and forest .", "Grass around a parking ."]},
         {"filename": "2.tif", "captions": ["a river lake beside grass fields ."]}])
-    ingest(store, "karpathy", tmp_path / "caps", keep_missing=True, workers=1, progress=False)
+    ingest(store, "karpathy", tmp_path / "caps", name="karpathy", keep_missing=True, workers=1, progress=False)
 
     vocab = mine_classnames(store, ["rsscn7"], match_corpora=["karpathy"])
     rows = {r["class"]: r for r in table_of(store, vocab.artifact_id)}

@@ -133,7 +133,7 @@ def test_changed_parameter_or_grown_corpus_gives_a_new_version(tmp_path):
     entries = [{"filename": f"{i}.tif", "captions": [f"a dense residential area with {i} houses .",
                                                       "green trees beside a parking lot ."]} for i in range(8)]
     write_karpathy(tmp_path / "src", entries)
-    ingest(store, "karpathy", tmp_path / "src", keep_missing=True, workers=1, progress=False)
+    ingest(store, "karpathy", tmp_path / "src", name="karpathy", keep_missing=True, workers=1, progress=False)
     first = mine_keywords(store, corpora=["karpathy"], top=20, progress=False)
     fewer = mine_keywords(store, corpora=["karpathy"], top=5, progress=False)
     assert fewer.artifact_id != first.artifact_id and fewer.params["yake"]["top"] == 5
@@ -141,7 +141,7 @@ def test_changed_parameter_or_grown_corpus_gives_a_new_version(tmp_path):
 
     # the corpus gains captions: same corpus artifact, new parts, so a new vocabulary version
     write_karpathy(tmp_path / "src", entries + [{"filename": "99.tif", "captions": ["a harbor with boats ."]}])
-    ingest(store, "karpathy", tmp_path / "src", keep_missing=True, workers=1, progress=False)
+    ingest(store, "karpathy", tmp_path / "src", name="karpathy", keep_missing=True, workers=1, progress=False)
     grown = mine_keywords(store, corpora=["karpathy"], top=20, progress=False)
     assert grown.artifact_id != first.artifact_id
     assert grown.inputs == first.inputs                       # same corpus artifact ...
@@ -238,6 +238,6 @@ def test_bad_scopes_and_parameters(ucm, tmp_path):
 
     junk = Store(tmp_path / "junk")
     write_karpathy(tmp_path / "src", [{"filename": "1.tif", "captions": [" .", "1 ."]}])
-    ingest(junk, "karpathy", tmp_path / "src", keep_missing=True, workers=1, progress=False)
+    ingest(junk, "karpathy", tmp_path / "src", name="karpathy", keep_missing=True, workers=1, progress=False)
     with pytest.raises(InputError, match="has no captions to mine"):
         mine_keywords(junk, corpora=["karpathy"], progress=False)
