@@ -8,11 +8,9 @@ order, so a killed run leaves a prefix of parts and a re-run produces exactly th
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import time
 from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -26,6 +24,7 @@ from clipstore.ingest.records import Reject, SourceRecord
 from clipstore.warehouse.hashing import digest
 from clipstore.warehouse.parquet import read_parquet
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
+from clipstore.warehouse.workers import process_pool
 
 DEFAULT_SHARD_SIZE = 1000
 
@@ -169,9 +168,7 @@ def _outcomes(entries: Iterator[Entry], options: ImageOptions, keep_missing: boo
         for batch in batches:
             yield from merge(batch, process_batch(split(batch), options))
         return
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["clipstore.ingest.parts"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with process_pool(workers, preload=["clipstore.ingest.parts"]) as pool:
         in_flight: deque = deque()
         for batch in batches:
             in_flight.append((batch, pool.submit(process_batch, split(batch), options)))
