@@ -170,8 +170,12 @@ def exit_code_of(action, *args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return exit_code_of(args.func, args)
+    from clipstore.stdio import run_guarded
+
+    def body() -> int:
+        args = build_parser().parse_args(argv)
+        return exit_code_of(args.func, args)
+    return run_guarded(body)
 
 
 if __name__ == "__main__":
