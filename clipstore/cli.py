@@ -22,7 +22,7 @@ def cmd_ingest(args) -> None:
     art = ingest(_store(args), args.format, args.path, name=args.name, images=args.images,
                  image_map=args.image_map, keep_missing=args.keep_missing, preset=args.preset,
                  shard_size=args.shard_size, workers=args.workers, keep_original=args.keep_original,
-                 max_pixels=args.max_pixels, wait=args.wait, progress=not args.quiet)
+                 max_pixels=args.max_pixels, max_bytes=args.max_bytes, wait=args.wait, progress=not args.quiet)
     c = art.counts
     print(f"ingest {art.name}: {c.get('samples', 0)} samples ({c.get('images', 0)} with image, "
           f"{c.get('caption_only', 0)} caption-only), {c.get('captions', 0)} captions, {c.get('rejects', 0)} rejects "
@@ -84,7 +84,7 @@ def cmd_show(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clipstore.ingest.images import DEFAULT_MAX_PIXELS
+    from clipstore.ingest.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, byte_size
     from clipstore.ingest.pipeline import DEFAULT_SHARD_SIZE
     p = argparse.ArgumentParser(prog="clipstore", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--store", default=None, help="store directory (default: $CLIPSTORE_STORE or ./store)")
@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-original", action="store_true", help="store TIFF etc. as original bytes, not PNG")
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="decompression-bomb guard: larger images are rejected (default %(default)s)")
+    s.add_argument("--max-bytes", type=byte_size, default=DEFAULT_MAX_BYTES, metavar="SIZE",
+                   help="larger image files are rejected before they are read, e.g. 2G (default 512M)")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("doctor", help="check a raw layout before ingest and say what is missing")

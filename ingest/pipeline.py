@@ -17,10 +17,11 @@ from typing import Iterable, Iterator
 
 from clipstore.ingest import tables
 from clipstore.ingest.adapters import IngestOptions, get_adapter
-from clipstore.ingest.images import DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL
+from clipstore.ingest.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL
 from clipstore.ingest.parts import (Entry, ImageOptions, Outcome, PartWriter, outcome_without_image,
                                     process_batch)
 from clipstore.ingest.records import Reject, SourceRecord
+from clipstore.warehouse.errors import InputError
 from clipstore.warehouse.hashing import digest
 from clipstore.warehouse.parquet import read_parquet
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
@@ -33,21 +34,25 @@ def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str |
            images: str | Path | None = None, image_map: str | Path | None = None, keep_missing: bool = False,
            preset: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, workers: int | None = None,
            keep_original: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, png_level: int = DEFAULT_PNG_LEVEL,
-           wait: bool = False, progress: bool = True) -> Artifact:
+           max_bytes: int = DEFAULT_MAX_BYTES, wait: bool = False, progress: bool = True) -> Artifact:
     """Ingest a raw corpus into the store and return its corpus artifact (see DESIGN §3)."""
     store = store if isinstance(store, Store) else Store(store)
     path = Path(path)
     name = name or fmt
+    if not isinstance(max_bytes, int) or max_bytes < 1:
+        raise InputError(f"max_bytes must be a positive number of bytes, got {max_bytes!r}", fix="e.g. 512 << 20")
     options = IngestOptions(images=Path(images) if images else None,
                             image_map=Path(image_map) if image_map else None,
                             keep_missing=keep_missing, preset=preset or name)
     source = get_adapter(fmt).open(path, options)
-    image_options = ImageOptions(keep_original=keep_original, max_pixels=max_pixels, png_level=png_level)
+    image_options = ImageOptions(keep_original=keep_original, max_pixels=max_pixels, png_level=png_level,
+                                 max_bytes=max_bytes)
     params = {"format": fmt, "source": str(path.resolve()),
               "images": str(options.images.resolve()) if options.images else None,
               "image_map": str(options.image_map.resolve()) if options.image_map else None,
               "keep_missing": keep_missing, "preset": options.preset, "shard_size": shard_size,
-              "keep_original": keep_original, "max_pixels": max_pixels, "png_level": png_level}
+              "keep_original": keep_original, "max_pixels": max_pixels, "png_level": png_level,
+              "max_bytes": max_bytes}
     workers = (os.cpu_count() or 1) if workers is None else workers
     with store.writing(wait=wait):
         builder = store.begin(kind="corpus", name=name, stage="ingest", params=params,
