@@ -79,7 +79,8 @@ def cmd_ingest(args) -> None:
     art = ingest(_store(args), args.format, args.path, name=args.name, images=args.images,
                  image_map=args.image_map, keep_missing=args.keep_missing, preset=args.preset,
                  shard_size=args.shard_size, workers=args.workers, keep_original=args.keep_original,
-                 max_pixels=args.max_pixels, wait=args.wait, progress=not args.quiet, replace=args.replace)
+                 max_pixels=args.max_pixels, max_bytes=args.max_bytes, wait=args.wait, progress=not args.quiet,
+                 replace=args.replace)
     from clipstore.ingest.naming import corpus_name, describe
     named = describe(*corpus_name(args.format, args.path, args.name, args.preset), args.path)
     if named:
@@ -136,7 +137,7 @@ def cmd_ls(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from clipstore import __version__
-    from clipstore.ingest.images import DEFAULT_MAX_PIXELS
+    from clipstore.ingest.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, byte_size
     from clipstore.ingest.pipeline import DEFAULT_SHARD_SIZE
     p = Parser(prog="clipstore", description="clipstore: a data-centric preprocessing and feature store for "
                                              "adapting CLIP to specialist domains.",
@@ -172,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replace", action="store_true",
                    help="accept a version that loses more than 10%% of the current version's samples or images, "
                         "or in which no image was found (refused by default)")
+    s.add_argument("--max-bytes", type=byte_size, default=DEFAULT_MAX_BYTES, metavar="SIZE",
+                   help="larger image files are rejected before they are read, e.g. 2G (default 512M)")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("doctor", help="check a raw layout before ingest and say what is missing",
@@ -251,8 +254,12 @@ def exit_code_of(action, *args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return exit_code_of(args.func, args)
+    from clipstore.stdio import run_guarded
+
+    def body() -> int:
+        args = build_parser().parse_args(argv)
+        return exit_code_of(args.func, args)
+    return run_guarded(body)
 
 
 if __name__ == "__main__":

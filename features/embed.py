@@ -12,12 +12,9 @@ TEXT_PART_SIZE items."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import threading
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from itertools import groupby
 from pathlib import Path
 from typing import Iterator
@@ -39,6 +36,7 @@ from clipstore.warehouse.errors import ClipstoreError, InputError
 from clipstore.warehouse.shards import StoredImage, corpus_images, decode
 from clipstore.warehouse.sql import Session
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
+from clipstore.warehouse.workers import context as workers_context
 
 TEXT_PART_SIZE = 8192
 
@@ -244,9 +242,7 @@ def _worker_context():
     """Workers fork from a clean server process (imports preloaded), not from this one: this
     process runs the model on torch's OpenMP thread pool, which is not fork-safe, and the
     workers' preprocess runs torch ops too."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["clipstore.features.embed"])
-    return ctx
+    return workers_context("forkserver", preload=["clipstore.features.embed"])
 
 
 def start_worker_server() -> None:
@@ -256,20 +252,9 @@ def start_worker_server() -> None:
     forkserver.ensure_running()
 
 
-def _worker_init(main_pid: int, _worker_id: int) -> None:
+def _worker_init(_worker_id: int) -> None:
+    # (the context's processes also exit with this one and ignore Ctrl-C: warehouse.workers)
     torch.set_num_threads(1)   # decode workers share the cores with the model: one thread each
-    threading.Thread(target=_exit_with, args=(main_pid,), name="main-watchdog", daemon=True).start()
-
-
-def _exit_with(main_pid: int) -> None:
-    """A worker's parent is the fork server, so torch's own check (is my parent alive?) never
-    sees the main process die: without this, a SIGKILLed run would leave its workers behind."""
-    while True:
-        time.sleep(0.5)
-        try:
-            os.kill(main_pid, 0)
-        except ProcessLookupError:
-            os._exit(0)
 
 
 IN_PROCESS_IMAGES = 256   # starting workers costs about as much as decoding this many images here
@@ -301,7 +286,7 @@ def _embed_images(builder: ArtifactBuilder, part: int, job: Job, model: LoadedMo
     n_images = sum(len(t.items) for t in tasks)
     workers = default_workers(len(tasks), n_images) if workers is None else min(workers, len(tasks))
     loader = DataLoader(ShardImages(tasks, model.preprocess, job.views, batch_size), batch_size=None,
-                        num_workers=workers, worker_init_fn=partial(_worker_init, os.getpid()) if workers else None,
+                        num_workers=workers, worker_init_fn=_worker_init if workers else None,
                         multiprocessing_context=_worker_context() if workers else None,
                         pin_memory=model.device.type == "cuda", persistent_workers=False)
     bar = _progress(progress, f"embed {job.source_name} images", n_images, "img")

@@ -113,7 +113,8 @@ class DoctorReport:
             lines.append(f"  parse rejects: {rejected}")
             for kind, n in self.rejects.most_common(8):
                 key, reason = self.reject_examples[kind]
-                lines.append(f"    {n} × {reason}" + (f"  [{key}]" if key not in reason else ""))
+                shown = key if len(key) <= 80 else key[:80] + "…"
+                lines.append(f"    {n} × {reason}" + (f"  [{shown}]" if key not in reason else ""))
         if self.notes:
             lines.append("  notes:")
             lines += [f"    - {note}" for note in self.notes]
@@ -147,6 +148,10 @@ def doctor(fmt: str, path: str | Path, images: str | Path | None = None, image_m
         _walk(source.records, report)
     except ClipstoreError as exc:
         report.error = _explain(exc)
+        return report
+    except OSError as exc:   # what the adapter did not foresee still becomes a report, not a traceback
+        report.error = f"cannot read the layout: {exc.strerror or exc}" + (f"\nwhere: {exc.filename}"
+                                                                           if exc.filename else "")
         return report
     report.notes = list(source.notes)
     return report

@@ -11,7 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from clipstore.ingest import tables
-from clipstore.ingest.images import ImageRejected, ProcessedImage, encode_array_png, process_image
+from clipstore.ingest.images import (DEFAULT_MAX_BYTES, ImageRejected, ProcessedImage, ReadRejected,
+                                     encode_array_png, process_image, read_image_file)
 from clipstore.ingest.records import ImageRef, Reject, SourceRecord
 from clipstore.ingest.shards import ShardWriter
 from clipstore.ingest.text import normalise_caption
@@ -24,6 +25,7 @@ class ImageOptions:
     keep_original: bool = False
     max_pixels: int = 89_478_485
     png_level: int = 1
+    max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass
@@ -58,13 +60,19 @@ def caption_id(owner_id: str, ordinal: int, raw: str) -> str:
     return text_id("caption", owner_id, ordinal, raw)
 
 
-def read_image_bytes(ref: ImageRef, png_level: int) -> bytes:
+def read_image_bytes(ref: ImageRef, options: ImageOptions) -> tuple[bytes, str | None]:
+    """(bytes, their content id when known) of an entry's image; ImageRejected before reading a
+    file that is too large or no image."""
     if ref.path is not None:
-        return ref.path.read_bytes()
+        return read_image_file(ref.path, max_bytes=options.max_bytes, max_pixels=options.max_pixels)
     if ref.h5 is not None:
         file, dataset, row = ref.h5
-        return encode_array_png(_open_h5(file)[dataset][row], png_level)
-    return ref.data or b""
+        return encode_array_png(_open_h5(file)[dataset][row], options.png_level), None
+    data = ref.data or b""
+    if options.max_bytes and len(data) > options.max_bytes:
+        raise ReadRejected(f"image is {len(data):,} bytes, over the limit of {options.max_bytes:,} "
+                            "(raise --max-bytes to accept it)")
+    return data, None
 
 
 @lru_cache(maxsize=8)
@@ -85,14 +93,13 @@ def outcome_without_image(item: SourceRecord | Reject, keep_missing: bool) -> Ou
 
 def process_image_ref(ref: ImageRef, options: ImageOptions) -> Outcome:
     try:
-        data = read_image_bytes(ref, options.png_level)
+        data, image_id = read_image_bytes(ref, options)
+        return Outcome(image=process_image(data, keep_original=options.keep_original, max_pixels=options.max_pixels,
+                                           png_level=options.png_level, image_id=image_id))
     except OSError as exc:
         return Outcome(reject=(f"cannot read {ref.describe()}: {exc.strerror or exc}", "read"))
-    try:
-        return Outcome(image=process_image(data, keep_original=options.keep_original,
-                                           max_pixels=options.max_pixels, png_level=options.png_level))
     except ImageRejected as exc:
-        return Outcome(reject=(f"{exc} ({ref.describe()})", "decode"))
+        return Outcome(reject=(f"{exc} ({ref.describe()})", exc.stage))
 
 
 def process_batch(refs: list[ImageRef], options: ImageOptions) -> list[Outcome]:

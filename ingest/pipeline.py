@@ -10,11 +10,9 @@ version is checked against the current one (ingest/guards.py) before it is publi
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import time
 from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -24,13 +22,15 @@ from clipstore.ingest.adapters import PRESETS, IngestOptions, get_adapter
 from clipstore.ingest.compact import compact
 from clipstore.ingest.guards import check_options, check_replacement
 from clipstore.ingest.naming import corpus_name
-from clipstore.ingest.images import DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL
+from clipstore.ingest.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL
 from clipstore.ingest.parts import (Entry, ImageOptions, Outcome, PartWriter, outcome_without_image,
                                     process_batch)
 from clipstore.ingest.records import Reject, SourceRecord
+from clipstore.warehouse.errors import InputError
 from clipstore.warehouse.hashing import digest
 from clipstore.warehouse.parquet import read_parquet
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
+from clipstore.warehouse.workers import process_pool
 
 DEFAULT_SHARD_SIZE = 1000
 STAGE_VERSION = 1   # bump when the same inputs would give other shards or tables
@@ -40,11 +40,14 @@ def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str |
            images: str | Path | None = None, image_map: str | Path | None = None, keep_missing: bool = False,
            preset: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, workers: int | None = None,
            keep_original: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, png_level: int = DEFAULT_PNG_LEVEL,
-           wait: bool = False, progress: bool = True, replace: bool = False) -> Artifact:
+           max_bytes: int = DEFAULT_MAX_BYTES, wait: bool = False, progress: bool = True,
+           replace: bool = False) -> Artifact:
     """Ingest a raw corpus into the store and return its corpus artifact (see docs/ingest-versions.md).
     A version that would lose more than guards.MAX_SILENT_LOSS of the current one's samples or
     images, or in which no image was found, is refused unless `replace`."""
     check_options(shard_size=shard_size, workers=workers, max_pixels=max_pixels, png_level=png_level)
+    if not isinstance(max_bytes, int) or max_bytes < 1:
+        raise InputError(f"max_bytes must be a positive number of bytes, got {max_bytes!r}", fix="e.g. 512 << 20")
     store = store if isinstance(store, Store) else Store(store)
     path = Path(path)
     name, how = corpus_name(fmt, path, name, preset)
@@ -53,12 +56,14 @@ def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str |
                             keep_missing=keep_missing, preset=_preset(preset, name, how))
     adapter = get_adapter(fmt)
     source = adapter.open(path, options)
-    image_options = ImageOptions(keep_original=keep_original, max_pixels=max_pixels, png_level=png_level)
+    image_options = ImageOptions(keep_original=keep_original, max_pixels=max_pixels, png_level=png_level,
+                                 max_bytes=max_bytes)
     params = {"format": fmt, "source": str(path.resolve()),
               "images": str(options.images.resolve()) if options.images else None,
               "image_map": str(options.image_map.resolve()) if options.image_map else None,
               "keep_missing": keep_missing, "preset": options.preset, "shard_size": shard_size,
-              "keep_original": keep_original, "max_pixels": max_pixels, "png_level": png_level}
+              "keep_original": keep_original, "max_pixels": max_pixels, "png_level": png_level,
+              "max_bytes": max_bytes}
     workers = (os.cpu_count() or 1) if workers is None else workers
     with store.writing(wait=wait):
         # incremental: the recipe names the source, not its contents; the ledger finds what changed
@@ -200,9 +205,7 @@ def _outcomes(entries: Iterator[Entry], options: ImageOptions, keep_missing: boo
         for batch in batches:
             yield from merge(batch, process_batch(split(batch), options))
         return
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["clipstore.ingest.parts"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with process_pool(workers, preload=["clipstore.ingest.parts"]) as pool:
         in_flight: deque = deque()
         for batch in batches:
             in_flight.append((batch, pool.submit(process_batch, split(batch), options)))

@@ -9,8 +9,8 @@ from clipstore.warehouse.store import Store
 
 
 def corpus_stats(store: Store, corpus: str, building=None) -> dict:
-    """counts, rejects_by_reason, rejects_by_stage (parse, read, decode), splits, formats and audit of one corpus, in one SQL session
-    (`building`: the corpus artifact being written, read with its pending parts)."""
+    """counts, rejects_by_reason, rejects_by_stage (parse, read, decode), splits, formats and audit
+    of one corpus, in one SQL session (`building`: the corpus artifact being written, read with its pending parts)."""
     with Session(store, building=building) as session:
         rows = lambda sql: session.query(sql, [corpus]).to_pylist()  # noqa: E731
         tables = session.tables()

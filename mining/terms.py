@@ -18,7 +18,6 @@ RSICD's " ." yields no term at all."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import queue
 import sys
@@ -36,6 +35,7 @@ from clipstore.mining.tables import CAPTION_TERMS, TERMS_TABLES
 from clipstore.warehouse.errors import ClipstoreError, InputError
 from clipstore.warehouse.parquet import commit_part_tables, table_spec
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
+from clipstore.warehouse.workers import context as workers_context
 
 KIND = "terms"
 STAGE_VERSION = 1   # bump when the same captions would parse into other terms
@@ -251,7 +251,7 @@ class CaptionMapper:
         # Forking is safe here: helpers run spaCy and YAKE only, never torch, and the store's
         # writer lock is not inherited (warehouse.lock closes it in the child).
         forked = sys.platform.startswith("linux")
-        ctx = multiprocessing.get_context("fork" if forked else "spawn")
+        ctx = workers_context("fork" if forked else "spawn")   # helpers exit with this process, ignore Ctrl-C
         self._tasks, self._results = ctx.Queue(), ctx.Queue()
         parser = self.parser if forked else (self.config, self.parser.nouns.mode == "trained")
         for _ in range(self.workers - 1):

@@ -85,3 +85,34 @@ def test_cli_doctor_exit_codes(cli, shared_data, tmp_path):
     assert "READY: 685 entries would be ingested with their image." in ok.stdout
     bad = cli("doctor", "fashiongen", tmp_path, check=False)
     assert bad.returncode == 2 and "no fashiongen_*_<split>.h5 files" in bad.stdout
+
+
+def test_doctor_counts_a_too_long_file_name_as_a_reject(tmp_path):
+    from conftest import write_karpathy
+    root = tmp_path / "corpus"
+    write_image(root / "images" / "a.jpg", seed=1)
+    long_name = "y" * 300 + ".jpg"
+    write_karpathy(root, [{"filename": "a.jpg"}, {"filename": long_name}])
+    report = doctor("karpathy", root)
+    assert report.ok and report.images_present == 1 and sum(report.rejects.values()) == 1
+    text = report.render()
+    assert "File name too long" in text and long_name not in text   # the name is shortened
+
+
+def test_doctor_names_directory_links_it_does_not_follow(tmp_path):
+    root = tmp_path / "folders"
+    write_image(root / "a" / "1.png", seed=1)
+    write_image(root / "b" / "2.png", seed=2)
+    (root / "a" / "loop").symlink_to("..")
+    report = doctor("imagefolder", root)
+    assert report.ok and report.images_present == 2 and report.labels == {"a": 1, "b": 1}
+    text = report.render()
+    assert "directory link a/loop -> .. is not followed" in text
+    assert "1 directory link(s) not followed (a reject row each): a/loop" in text
+
+
+def test_doctor_reports_an_unreadable_annotation_file(tmp_path):
+    (tmp_path / "corpus" / "dataset.json").mkdir(parents=True)   # unreadable as a file, even for root
+    report = doctor("karpathy", tmp_path / "corpus")
+    text = report.render()
+    assert not report.ok and "cannot read dataset.json: Is a directory" in text

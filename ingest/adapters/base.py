@@ -64,8 +64,16 @@ def locate_annotation(path: Path, names: tuple[str, ...], what: str, layout: str
     return found, path
 
 
+def _unreadable(path: Path, exc: OSError) -> InputError:
+    return InputError(f"cannot read {path.name}: {exc.strerror or exc}", where=str(path),
+                      fix="check that the file exists and is readable")
+
+
 def read_text(path: Path, encoding: str = "utf-8") -> str:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
@@ -77,7 +85,11 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
 def read_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
     """(line number, text or None, error or None) per line; undecodable lines become errors, so
     one bad line costs one reject, not the file. CRLF endings are accepted."""
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    with f:
         for n, raw in enumerate(f, start=1):
             raw = raw.rstrip(b"\r\n")
             try:
@@ -113,13 +125,22 @@ def image_ref(root: Path, name: str, source_key: str) -> tuple[ImageRef | None, 
     a Reject when the name is unsafe."""
     try:
         p = resolve_inside(root, name)
+        if p.is_file():
+            return ImageRef(path=p), None
+        if p.exists():
+            return Reject(source_key, f"not a regular file: {p}")
     except PathEscape as exc:
         return Reject(source_key, f"unsafe file name: {exc}")
-    if p.is_file():
-        return ImageRef(path=p), None
-    if p.exists():
-        return Reject(source_key, f"not a regular file: {p}")
+    except OSError as exc:   # a name the file system cannot hold (over 255 bytes a part), a denied folder
+        return Reject(source_key, f"unusable file name {_short(name)}: {exc.strerror or exc}")
     return None, f"image file missing: {p}"
+
+
+def _short(name: str, keep: int = 80) -> str:
+    """A name fit for a message: a 4,000-character name would drown the reason."""
+    if len(name) <= keep:
+        return repr(name)
+    return f"{name[:keep]!r}… ({len(name.encode('utf-8', 'replace'))} bytes)"
 
 
 def record_with_image(root: Path, name: str, source_key: str, **fields) -> SourceRecord | Reject:
@@ -159,7 +180,13 @@ def image_folder(root: Path, options: IngestOptions, names: tuple[str, ...]) -> 
 
 
 def load_image_map(options: IngestOptions) -> dict[str, str] | None:
-    return read_image_map(options.image_map) if options.image_map else None
+    if options.image_map is None:
+        return None
+    if not options.image_map.is_file():
+        raise InputError("--image-map file not found", where=str(options.image_map),
+                         fix="pass the TSV that maps annotation names to paths below --images "
+                             "(name<TAB>path per line)")
+    return read_image_map(options.image_map)
 
 
 def mapped_record(image_root: Path, name: str, source_key: str, mapping: dict[str, str] | None,

@@ -83,7 +83,8 @@ class ImageFolderAdapter(Adapter):
         root = options.images or class_root(path, preset)
         if not root.is_dir():
             raise InputError(f"{root} is not a folder", where=str(root), fix=f"expected layout: {self.layout}")
-        subfolders = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        linked = sorted(e.name for e in os.scandir(root) if e.is_dir() and e.is_symlink())
+        subfolders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.is_symlink())
         hidden = [f for f in subfolders if f.startswith(".")]
         if hidden:
             notes.append(f"hidden folder(s) {', '.join(hidden)} in {root} are no classes: not read")
@@ -96,17 +97,25 @@ class ImageFolderAdapter(Adapter):
                 notes.append(f"the folders look like preset {guess.name} ({overlap} of {len(guess.classes)} classes): "
                              f"pass --preset {guess.name} to check the class set")
         classes = class_table(folders, preset, notes)
-        return Source(records=self._records(root, folders, preset, notes), files=[], image_root=root,
+        return Source(records=self._records(root, folders, linked, preset, notes), files=[], image_root=root,
                       classes=classes, notes=notes)
 
-    def _records(self, root: Path, folders: list[str], preset: Preset | None, notes: list[str]):
+    def _records(self, root: Path, folders: list[str], linked: list[str], preset: Preset | None, notes: list[str]):
         for entry in sorted(os.scandir(root), key=lambda e: e.name):
             if entry.is_file():
                 yield Reject(entry.name, f"{entry.name} is not inside a class folder of {root}")
+        not_followed = list(linked)
+        for name in linked:
+            yield _link_reject(root, name)
         foreign, empty = {}, []
         for folder in folders:
             count = 0
-            for rel in _files_below(root / folder):
+            files, links = _files_below(root / folder)
+            for rel in links:
+                link = f"{folder}/{rel}"
+                yield _link_reject(root, link)
+                not_followed.append(link)
+            for rel in files:
                 key = f"{folder}/{rel}"
                 ext = os.path.splitext(rel)[1].lower()
                 if ext not in IMAGE_EXTENSIONS:
@@ -120,6 +129,9 @@ class ImageFolderAdapter(Adapter):
                 empty.append(folder)
         if empty:
             notes.append(f"{len(empty)} class folder(s) hold no image: {', '.join(empty)}")
+        if not_followed:
+            notes.append(f"{len(not_followed)} directory link(s) not followed (a reject row each): "
+                         + ", ".join(not_followed[:5]) + (" …" if len(not_followed) > 5 else ""))
         if foreign:
             found = ", ".join(f"{n} {ext}" for ext, n in sorted(foreign.items()))
             notes.append(f"preset {preset.name} expects {preset.extension} files; also found {found} (ingested)")
@@ -137,15 +149,29 @@ def class_root(path: Path, preset: Preset | None) -> Path:
     return path
 
 
-def _files_below(folder: Path) -> list[str]:
-    """Every file below a class folder (nested folders too, as torchvision's ImageFolder walks them),
-    as sorted paths relative to the folder."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
+def _files_below(folder: Path) -> tuple[list[str], list[str]]:
+    """(every file below a class folder, nested folders too, as torchvision's ImageFolder walks
+    them; the directory links met on the way), as sorted paths relative to the folder.
+
+    Directory links are not followed: one pointing up (`loop -> ..`) repeats the tree without end,
+    one pointing into another class files its images twice, once under the wrong class."""
+    files, links = [], []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         rel = os.path.relpath(dirpath, folder)
-        out.extend(name if rel == "." else f"{rel}/{name}" for name in filenames)
-    return sorted(out)
+        prefix = "" if rel == "." else f"{rel}/"
+        inside = prefix.__add__
+        links.extend(inside(d) for d in dirnames if os.path.islink(os.path.join(dirpath, d)))
+        files.extend(inside(name) for name in filenames)
+    return sorted(files), sorted(links)
+
+
+def _link_reject(root: Path, rel: str) -> Reject:
+    try:
+        target = os.readlink(root / rel)
+    except OSError:
+        target = "?"
+    return Reject(rel, f"directory link {rel} -> {target} is not followed: links inside an image folder "
+                       "loop or repeat images under another class (copy or move the folder instead)")
 
 
 def class_table(folders: list[str], preset: Preset | None, notes: list[str]) -> list[tuple[str, str]]:
