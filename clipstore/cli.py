@@ -52,8 +52,11 @@ def cmd_split(args) -> None:
 
 
 def cmd_sql(args) -> None:
-    from clipstore.warehouse.sql import query, render
-    text = render(query(_store(args, create=False), args.query), args.format, args.output)
+    from clipstore.warehouse.sql import Session, parse_params, render
+    params = parse_params(args.param)
+    with Session(_store(args, create=False)) as session:
+        table = session.query_text_params(args.query, params)
+    text = render(table, args.format, args.output)
     if text is not None:
         sys.stdout.write(text)
 
@@ -142,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sql", help="read-only SQL over the store")
     s.add_argument("query")
+    s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="bind $NAME in the query to VALUE, as text (repeatable; see docs/sql.md)")
     s.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])
     s.add_argument("--output", type=Path)
     s.set_defaults(func=cmd_sql)
@@ -166,6 +171,13 @@ def exit_code_of(action, *args) -> int:
     except KeyboardInterrupt:
         print("clipstore: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:   # a full disk or a read-only store, from whichever writer met it
+        from clipstore.warehouse.faults import storage_error
+        err = storage_error(exc, getattr(args[0], "store", None) if args else None)
+        if err is None:
+            raise
+        print(f"clipstore: error: {err}", file=sys.stderr)
+        return err.exit_code
     return 0
 
 
