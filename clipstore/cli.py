@@ -173,7 +173,8 @@ def exit_code_of(action, *args) -> int:
         return 130
     except Exception as exc:   # a full disk or a read-only store, from whichever writer met it
         from clipstore.warehouse.faults import storage_error
-        err = storage_error(exc, getattr(args[0], "store", None) if args else None)
+        ns = args[0] if args else None
+        err = storage_error(exc, getattr(ns, "store", None), getattr(ns, "command", None))
         if err is None:
             raise
         print(f"clipstore: error: {err}", file=sys.stderr)

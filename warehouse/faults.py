@@ -39,9 +39,10 @@ def _free(path: Path) -> str:
     return f" ({usage.free / 2**20:,.1f} MiB free of {usage.total / 2**20:,.0f} MiB now)"
 
 
-def storage_error(exc: BaseException, store: str | Path | None = None) -> StorageError | None:
+def storage_error(exc: BaseException, store: str | Path | None = None,
+                  command: str | None = None) -> StorageError | None:
     """The StorageError for a full-disk or read-only fault (looking through chained causes);
-    None when `exc` is something else."""
+    None when `exc` is something else. `command` names what was running (`ingest`)."""
     seen = exc
     while seen is not None:
         code = _errno_of(seen)
@@ -54,17 +55,20 @@ def storage_error(exc: BaseException, store: str | Path | None = None) -> Storag
         from clipstore.warehouse.store import default_store_path
         store = default_store_path()
     path = getattr(seen, "filename", None)
-    where = str(path) if path else (f"the store {store}" if store else None)
+    where = str(path) if path else f"the store {store}"
+    if path and not str(Path(path).absolute()).startswith(str(Path(store).absolute())):
+        where += f" (store: {store})"
     anchor = Path(path).parent if path else Path(store) if store else Path(".")
     while not anchor.exists() and anchor != anchor.parent:
         anchor = anchor.parent
     reason = str(getattr(seen, "strerror", None) or seen).splitlines()[0]
+    failed = f"{command} failed: " if command else ""
     if code in FULL:
         return StorageError(
-            f"the disk is full: {reason}", where=where,
+            f"{failed}the disk is full: {reason}", where=where,
             fix=f"free space on the filesystem holding it{_free(anchor)}, then run the command again: "
                 "committed parts are kept and the run resumes after them; nothing half-written is visible")
     return StorageError(
-        f"the store cannot be written: {reason}", where=where,
+        f"{failed}the store cannot be written: {reason}", where=where,
         fix="make it writable (remount read-write, or fix its owner/permissions), or pass --store to a "
             "writable copy; reading (sql, ls, show) works on a read-only store")

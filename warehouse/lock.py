@@ -108,8 +108,11 @@ def writer_lock(store_root: Path, wait: bool = False, timeout: float | None = No
         raise
     _HELD[fd] = lock_path.absolute()
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+        except OSError as exc:   # a full disk: say which file could not be written
+            raise OSError(exc.errno, exc.strerror, str(lock_path)) from None
         yield
     finally:
         _HELD.pop(fd, None)

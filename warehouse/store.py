@@ -319,9 +319,9 @@ class ArtifactBuilder:
         return replace(self.store.get(self.artifact_id), noop=noop)
 
     def fail(self, error: BaseException) -> None:
+        fs.remove(self.tmp_root)   # first: on a full disk this frees the space the catalog write needs
         with self.store.connect(read_only=False) as con:
             self._close_run(con, "failed", None, f"{type(error).__name__}: {error}"[:4000])
-        fs.remove(self.tmp_root)
 
     def _close_run(self, con, status: str, summary: dict | None, error: str | None) -> None:
         con.execute("UPDATE runs SET finished_at = ?, duration_s = ?, status = ?, summary = ?, error = ? "
