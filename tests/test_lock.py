@@ -85,3 +85,14 @@ def test_embed_is_refused_before_it_loads_a_model(held, tmp_path):
               corpus="anything", progress=False)
     assert f"pid {pid}" in str(err.value)
     assert time.monotonic() - started < 2
+
+
+def test_cli_embed_is_refused_before_torch_is_imported(held):
+    """`clipstore embed` spent 7-15 s importing torch and loading the model before the lock refused it."""
+    from conftest import run_cli
+    root, pid = held
+    started = time.monotonic()
+    proc = run_cli("--store", root, "embed", "--model", "tiny-vit", "--corpus", "anything", check=False)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == StoreLockedError.exit_code and f"pid {pid}" in proc.stderr
+    assert elapsed < 5, f"refused after {elapsed:.1f}s"
