@@ -16,6 +16,8 @@ def store_dir(tmp_path_factory, shared_data):
     base = tmp_path_factory.mktemp("sqlcli")
     karpathy_from_real_images(shared_data, base / "corpus", 4)
     ingest(Store(base / "store"), "karpathy", base / "corpus", name="little", workers=1, progress=False)
+    run_cli("-q", "--store", base / "store", "mine", "keywords", "--corpus", "little", "--top", "10",
+            "--name", "keywords.sclip")
     return base / "store"
 
 
@@ -28,6 +30,16 @@ def test_named_parameters_bind_as_text(store_dir):
                          "WHERE s.corpus = $corpus AND c.ordinal < $k GROUP BY ALL LIMIT $rows",
               "--param", "corpus=little", "--param", "k=1", "--param", "rows=5", "--format", "json")
     assert json.loads(out.stdout) == [{"corpus": "little", "n": 4}]
+
+
+def test_the_readme_question_runs_as_printed(store_dir):
+    from clipstore.mining.examples import QUERIES
+    title, text = QUERIES[0]
+    assert "$keywords" in text
+    out = sql(store_dir, text, "--param", "keywords=keywords.sclip", "--format", "json")
+    rows = json.loads(out.stdout)
+    assert rows and set(rows[0]) == {"keyword", "rank", "captions", "images"}
+    assert all(r["images"] <= 4 for r in rows)
 
 
 def test_an_integer_looking_value_binds_as_a_number_where_duckdb_needs_one(store_dir):
