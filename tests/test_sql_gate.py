@@ -118,6 +118,8 @@ READS = [
     "EXPLAIN SELECT * FROM samples",
     "EXPLAIN ANALYZE SELECT count(*) FROM captions",
     "EXPLAIN (FORMAT json) SELECT 1",
+    "EXPLAIN /* a comment */ SELECT count(*) FROM samples",
+    "EXPLAIN -- a comment\n ANALYZE SELECT 1",
     "SELECT 1 /* ; DROP VIEW samples */ AS one",
     "SELECT * FROM read_parquet('{part}')",   # a committed part is the store's own file
     "SELECT kind, recipe->>'stage' AS stage FROM artifacts",

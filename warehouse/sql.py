@@ -139,17 +139,21 @@ def _refuse(kind: str, sql: str) -> ReadOnlyError:
 def _explained_text(text: str) -> str | None:
     """The statement an EXPLAIN [ANALYZE] [(options)] wraps, as text; None when it cannot be found
     (the caller then refuses: an EXPLAIN whose inner statement is not seen is not run)."""
-    tokens = [pos for pos, kind in duckdb.tokenize(text) if kind != duckdb.token_type.comment]
-    words = [text[a:b].strip() for a, b in zip(tokens, tokens[1:] + [len(text)])]
+    every = duckdb.tokenize(text)
+    ends = [pos for pos, _ in every[1:]] + [len(text)]
+    kept = [(pos, end, kind) for (pos, kind), end in zip(every, ends) if kind != duckdb.token_type.comment]
+    tokens = [pos for pos, _, _ in kept]
+    words = [text[pos:end].strip() for pos, end, _ in kept]
+    brackets = [text[pos:end].strip() if kind == duckdb.token_type.operator else "" for pos, end, kind in kept]
     if not words or words[0].upper() != "EXPLAIN":
         return None
     i = 1
     if i < len(words) and words[i].upper() == "ANALYZE":
         i += 1
-    if i < len(words) and words[i].startswith("("):   # EXPLAIN (FORMAT json) ...
+    if i < len(words) and brackets[i].startswith("("):   # EXPLAIN (FORMAT json) ...
         depth = 0
         while i < len(words):
-            depth += words[i].count("(") - words[i].count(")")
+            depth += brackets[i].count("(") - brackets[i].count(")")
             i += 1
             if depth <= 0:
                 break
