@@ -114,8 +114,11 @@ def cmd_split(args) -> None:
 
 
 def cmd_sql(args) -> None:
-    from clipstore.warehouse.sql import query, render
-    text = render(query(_store(args, create=False), args.query), args.format, args.output)
+    from clipstore.warehouse.sql import Session, parse_params, render
+    params = parse_params(args.param)
+    with Session(_store(args, create=False)) as session:
+        table = session.query_text_params(args.query, params)
+    text = render(table, args.format, args.output)
     if text is not None:
         sys.stdout.write(text)
 
@@ -221,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run one read-only statement over the store's views (samples, captions, "
                                    "splits, keywords, ...) and the catalog tables.")
     s.add_argument("query", metavar="QUERY", help="one SELECT (or EXPLAIN) statement")
+    s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="bind $NAME in the query to VALUE, as text (repeatable; see docs/sql.md; default: none)")
     s.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"],
                    help="output format (default %(default)s)")
     s.add_argument("--output", type=Path, help="write to this file (default: stdout; parquet needs a file)")
@@ -251,6 +256,15 @@ def exit_code_of(action, *args) -> int:
     except KeyboardInterrupt:
         print("clipstore: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:   # a full disk or a read-only store, from whichever writer met it
+        from clipstore.warehouse.faults import storage_error
+        ns = args[0] if args else None
+        err = storage_error(exc, getattr(ns, "store", None), getattr(ns, "command", None))
+        if err is None:
+            raise
+        print(f"clipstore: error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

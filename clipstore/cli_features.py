@@ -31,6 +31,8 @@ def _model_spec(args):
 
 
 def cmd_embed(args) -> None:
+    from clipstore.warehouse.lock import check_writable
+    check_writable(_store(args).root, wait=args.wait)   # before torch is imported: a refusal takes a second
     import torch
     from clipstore.features.embed import embed
     t0 = time.monotonic()

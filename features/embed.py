@@ -33,6 +33,7 @@ from clipstore.features.models import LoadedModel, ModelSpec, load_model
 from clipstore.features.prompts import TemplateSet, prompt_item_id, template_set
 from clipstore.features.vectors import EMBEDDING_TABLES, commit_vectors
 from clipstore.warehouse.errors import ClipstoreError, InputError
+from clipstore.warehouse.lock import check_writable
 from clipstore.warehouse.shards import StoredImage, corpus_images, decode
 from clipstore.warehouse.sql import Session
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
@@ -81,6 +82,7 @@ def embed(store: Store | str | Path, *, model: ModelSpec | LoadedModel, corpus: 
     """Embed the items of a corpus or vocabulary with a model and return the embeddings artifacts,
     one per modality (plus one for augmented image views when `views` > 0). See the module doc."""
     store = store if isinstance(store, Store) else Store(store)
+    check_writable(store.root, wait=wait)   # refuse in a second, not after loading the model
     modalities = _modalities(modality)
     view_spec = parse_views(views, augment, seed)
     if batch_size < 1:

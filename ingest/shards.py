@@ -37,14 +37,29 @@ class ShardWriter:
         return where
 
     def _emit(self, data: bytes) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise self._failed(exc) from None
         self._pos += len(data)
+
+    def _failed(self, exc: OSError) -> OSError:
+        """A full disk: let go of the file (its space frees once the run's temp folder is removed)
+        and say which file could not be written."""
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        return OSError(exc.errno, exc.strerror, str(self.path))
 
     def close(self) -> None:
         """End-of-archive marker and padding to a whole record, exactly as tarfile writes them."""
         self._emit(b"\0" * (2 * BLOCK))
         self._emit(b"\0" * (-self._pos % RECORD))
-        self._file.close()
+        try:
+            self._file.close()   # flushes the last buffered megabyte
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def __enter__(self):
         return self

@@ -4,8 +4,11 @@ artifact's tables. Connections are short-lived so that readers never wait long o
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import duckdb
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -78,20 +81,30 @@ ALTER TABLE parts ADD COLUMN IF NOT EXISTS retired BOOLEAN DEFAULT false;
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked")
 
 
-@contextmanager
-def connect(path: Path, read_only: bool = False, retry_s: float = 15.0):
-    """Open the catalog, retrying while another process holds DuckDB's file lock."""
+def is_lock_conflict(exc: BaseException) -> bool:
+    """DuckDB's file lock is held by another process (a writer's short connection)."""
+    return isinstance(exc, duckdb.IOException) and any(m in str(exc) for m in _LOCK_MARKERS)
+
+
+def retry_locked(open_: Callable[[], T], retry_s: float = 15.0) -> T:
+    """Call `open_` (a connect or an ATTACH), retrying with backoff while another process holds
+    DuckDB's file lock: writers hold it for milliseconds per commit, so readers wait, not fail."""
     deadline = time.monotonic() + retry_s
     delay = 0.02
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
-            break
+            return open_()
         except duckdb.IOException as exc:
-            if not any(m in str(exc) for m in _LOCK_MARKERS) or time.monotonic() > deadline:
+            if not is_lock_conflict(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+@contextmanager
+def connect(path: Path, read_only: bool = False, retry_s: float = 15.0):
+    """Open the catalog, retrying while another process holds DuckDB's file lock."""
+    con = retry_locked(lambda: duckdb.connect(str(path), read_only=read_only), retry_s)
     try:
         yield con
     finally:

@@ -1,24 +1,41 @@
-"""Read-only SQL over the store: catalog tables plus one view per data table, each the union of
-the committed Parquet parts of the current artifacts that hold it."""
+"""Read-only SQL over the store: the catalog tables plus one view per data table, each the union of
+the committed Parquet parts of the current artifacts that hold it.
+
+Read-only is enforced twice. The engine: every session is an in-memory DuckDB holding a private
+copy of the catalog (taken under DuckDB's shared lock, which is then released), with extension
+auto-install/auto-load off, external access off except for reading the committed part files its
+views name (`allowed_paths`), Python replacement scans off and the configuration locked; it
+cannot open the catalog file, any other file or the network. And the statements: each parsed
+statement (and the statement an EXPLAIN wraps) must be a SELECT, so that COPY TO a part file,
+the one write the allowed paths would still let through, is refused before it runs."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
-from clipstore.warehouse.errors import ClipstoreError, ReadOnlyError
+from clipstore.warehouse.catalog import retry_locked
+from clipstore.warehouse.errors import ClipstoreError, InputError, ReadOnlyError
 from clipstore.warehouse.store import Store
 
-CATALOG_TABLES = ("artifacts", "lineage", "runs", "parts")
-ALLOWED = {"SELECT", "EXPLAIN"}
 FORMATS = ("table", "csv", "json", "parquet")
+_CATALOG_ALIAS = "clipstore_catalog"
+# Fixed at connect time: nothing a query says can bring an extension in (httpfs would reach the network).
+_ENGINE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                  "allow_community_extensions": False, "python_enable_replacements": False}
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+
+
+def _quote(path: Path | str) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _quote_list(paths: list[Path]) -> str:
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+    return "[" + ", ".join(_quote(p) for p in paths) + "]"
 
 
 def _artifact_table_sql(artifact, table: str, spec: dict, parts: dict) -> str | None:
@@ -43,10 +60,10 @@ def _artifact_table_sql(artifact, table: str, spec: dict, parts: dict) -> str | 
             f"ON t.{key} = latest.k AND t.part = latest.part")
 
 
-def view_definitions(store: Store, building=None) -> dict[str, str]:
-    """Table name -> SELECT over the parts of every current artifact declaring that table. With
-    `building` (an ArtifactBuilder), its artifact, pending parts included, stands in for the
-    current version of its name: how a stage reads back what it is writing."""
+def _current_parts(store: Store, building=None) -> tuple[list, dict]:
+    """The current artifacts and their visible parts. With `building` (an ArtifactBuilder), its
+    artifact, pending parts included, stands in for the current version of its name: how a stage
+    reads back what it is writing."""
     artifacts = store.current_all()
     parts = store.all_parts([a.artifact_id for a in artifacts])
     if building is not None:
@@ -55,6 +72,14 @@ def view_definitions(store: Store, building=None) -> dict[str, str]:
         parts = {key: v for key, v in parts.items() if key[0] != building.artifact_id}
         for part, table, path in building.committed_parts():
             parts.setdefault((building.artifact_id, table), []).append((part, path, f"part-{part}"))
+    # Absolute paths: the session's allowed paths must name exactly the files its views read.
+    parts = {k: [(n, Path(p).absolute(), run) for n, p, run in v] for k, v in parts.items()}
+    return artifacts, parts
+
+
+def view_definitions(store: Store, current: tuple[list, dict] | None = None) -> dict[str, str]:
+    """Table name -> SELECT over the parts of every current artifact declaring that table."""
+    artifacts, parts = current or _current_parts(store)
     selects: dict[str, list[str]] = {}
     for artifact in artifacts:
         for table, spec in sorted(artifact.tables.items()):
@@ -64,56 +89,200 @@ def view_definitions(store: Store, building=None) -> dict[str, str]:
     return {t: " UNION ALL BY NAME ".join(f"({s})" for s in sqls) for t, sqls in selects.items()}
 
 
+def _copy_catalog(con: duckdb.DuckDBPyConnection, store: Store) -> None:
+    """Copy every catalog table into the session in one read-only attach: one consistent snapshot,
+    and DuckDB's shared lock on the catalog is held for milliseconds, not for the session (a
+    writer's commit is never kept waiting by a reader's long query)."""
+    retry_locked(lambda: con.execute(f"ATTACH {_quote(store.catalog_path)} AS {_CATALOG_ALIAS} (READ_ONLY)"))
+    try:
+        names = [r[0] for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' "
+            "ORDER BY table_name", [_CATALOG_ALIAS]).fetchall()]
+        for t in names:
+            con.execute(f'CREATE TABLE "{t}" AS SELECT * FROM {_CATALOG_ALIAS}.main."{t}"')
+    finally:
+        con.execute(f"DETACH {_CATALOG_ALIAS}")
+
+
+def _lock_down(con: duckdb.DuckDBPyConnection, readable: list[Path]) -> None:
+    """From here on the engine reads only these files, reaches nothing else, changes no setting."""
+    con.execute(f"SET allowed_paths = {_quote_list(sorted(set(readable)))}")
+    con.execute("SET allowed_directories = []")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
 def open_views(store: Store, extra_views: dict[str, str] | None = None, building=None) -> duckdb.DuckDBPyConnection:
-    """An in-memory connection that sees the catalog (read-only) and every data table as a view."""
-    con = duckdb.connect()
-    path = str(store.catalog_path).replace("'", "''")
-    con.execute(f"ATTACH '{path}' AS catalog (READ_ONLY)")
-    for t in CATALOG_TABLES:
-        con.execute(f'CREATE VIEW "{t}" AS SELECT * FROM catalog.main."{t}"')
-    for name, select in {**view_definitions(store, building), **(extra_views or {})}.items():
-        con.execute(f'CREATE VIEW "{name}" AS {select}')
+    """A locked-down in-memory connection holding a copy of the catalog and every data table as a
+    view (plus `extra_views`, name -> SELECT, and the derived audit views)."""
+    from clipstore.warehouse.views import derived_views
+    current = _current_parts(store, building)
+    con = duckdb.connect(":memory:", config=_ENGINE_CONFIG)
+    try:
+        _copy_catalog(con, store)
+        for name, select in {**view_definitions(store, current), **(extra_views or {})}.items():
+            con.execute(f'CREATE VIEW "{name}" AS {select}')
+        for name, select in derived_views(con).items():
+            con.execute(f'CREATE VIEW "{name}" AS {select}')
+        _lock_down(con, [p for ps in current[1].values() for _, p, _ in ps])
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
-def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+# ---- the statement check ------------------------------------------------------------------------
+
+def _kind(statement) -> str:
+    return str(statement.type).rsplit(".", 1)[-1]
+
+
+def _refuse(kind: str, sql: str) -> ReadOnlyError:
+    return ReadOnlyError(
+        f"`clipstore sql` is read-only: a {kind} statement is refused",
+        where=sql.strip()[:200],
+        fix="use SELECT (or DESCRIBE, SUMMARIZE, SHOW, EXPLAIN of a SELECT); the store changes only "
+            "through clipstore's stages")
+
+
+def _explained_text(text: str) -> str | None:
+    """The statement an EXPLAIN [ANALYZE] [(options)] wraps, as text; None when it cannot be found
+    (the caller then refuses: an EXPLAIN whose inner statement is not seen is not run)."""
+    every = duckdb.tokenize(text)
+    ends = [pos for pos, _ in every[1:]] + [len(text)]
+    kept = [(pos, end, kind) for (pos, kind), end in zip(every, ends) if kind != duckdb.token_type.comment]
+    tokens = [pos for pos, _, _ in kept]
+    words = [text[pos:end].strip() for pos, end, _ in kept]
+    brackets = [text[pos:end].strip() if kind == duckdb.token_type.operator else "" for pos, end, kind in kept]
+    if not words or words[0].upper() != "EXPLAIN":
+        return None
+    i = 1
+    if i < len(words) and words[i].upper() == "ANALYZE":
+        i += 1
+    if i < len(words) and brackets[i].startswith("("):   # EXPLAIN (FORMAT json) ...
+        depth = 0
+        while i < len(words):
+            depth += brackets[i].count("(") - brackets[i].count(")")
+            i += 1
+            if depth <= 0:
+                break
+    return text[tokens[i]:] if i < len(tokens) else None
+
+
+def _check(con: duckdb.DuckDBPyConnection, statement, sql: str, depth: int = 0) -> None:
+    kind = _kind(statement)
+    if kind == "SELECT":
+        return
+    if kind == "EXPLAIN" and depth == 0:
+        inner = _explained_text(statement.query)
+        try:
+            wrapped = con.extract_statements(inner) if inner else []
+        except duckdb.Error:
+            wrapped = []
+        if len(wrapped) != 1:
+            raise _refuse("EXPLAIN of something other than one SELECT", sql)
+        try:
+            _check(con, wrapped[0], sql, depth + 1)
+        except ReadOnlyError:
+            raise _refuse(f"EXPLAIN {_kind(wrapped[0])}", sql) from None
+        return
+    raise _refuse(kind, sql)
+
+
+def checked_statement(con: duckdb.DuckDBPyConnection, sql: str):
+    """Parse `sql`, refuse anything but reading, and return the one parsed statement to run (the
+    very object that was checked, so what runs is what was inspected)."""
+    if not isinstance(sql, str):
+        raise InputError(f"a query must be text, got {type(sql).__name__}")
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
-        raise ClipstoreError(f"SQL does not parse: {exc}", fix="check the statement's syntax") from None
+        raise InputError(f"SQL does not parse: {str(exc).splitlines()[0]}", where=sql.strip()[:200],
+                         fix="check the statement's syntax") from None
     for st in statements:
-        kind = str(st.type).rsplit(".", 1)[-1]
-        if kind not in ALLOWED:
-            raise ReadOnlyError(
-                f"`clipstore sql` is read-only: a {kind} statement is refused",
-                where=sql.strip()[:200],
-                fix="use SELECT (or EXPLAIN); the store changes only through clipstore's stages")
+        _check(con, st, sql)
+    if not statements:
+        raise InputError("the query is empty (nothing but blanks or comments)",
+                         fix='give one statement, e.g. clipstore sql "SHOW TABLES"')
+    if len(statements) > 1:
+        raise InputError(f"one statement per query, got {len(statements)}", where=sql.strip()[:200],
+                         fix="run the statements one at a time")
+    return statements[0]
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    checked_statement(con, sql)
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, str]:
+    """`--param K=V` pairs -> {K: V}; values stay text (see `Session.query_text_params`)."""
+    params: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        name = name.strip().lstrip("$")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise InputError(f"--param takes NAME=VALUE, got {pair!r}",
+                             fix="e.g. --param keywords=keywords.sclip (the query says $keywords)")
+        if name in params:
+            raise InputError(f"--param {name} is given twice", fix="give each name once")
+        params[name] = value
+    return params
 
 
 class Session:
     """One read-only connection with every view in place, for running several queries."""
 
     def __init__(self, store: Store, building=None):
-        from clipstore.warehouse.views import derived_views  # audit views over the data tables
         self.con = open_views(store, building=building)
-        for name, select in derived_views(self.con).items():
-            self.con.execute(f'CREATE VIEW "{name}" AS {select}')
-        self.con.execute("SET lock_configuration = true")
 
     def tables(self) -> set[str]:
         from clipstore.warehouse.views import existing_views
         return existing_views(self.con)
 
     def query(self, sql: str, params: list | dict | None = None) -> pa.Table:
-        check_read_only(self.con, sql)
+        statement = checked_statement(self.con, sql)
+        if isinstance(params, dict):
+            _check_names(statement, params, sql)
         try:
-            return self.con.sql(sql, params=params or None).to_arrow_table()
+            result = self.con.sql(statement, params=params or None)
+            return result.to_arrow_table() if result is not None else pa.table({})
+        except duckdb.PermissionException as exc:
+            raise ReadOnlyError(f"`clipstore sql` reads only the store's tables: {str(exc).splitlines()[0]}",
+                                where=sql.strip()[:200],
+                                fix="query the store's tables and views (`SHOW TABLES`); files, other "
+                                    "databases, extensions and the network are out of reach") from None
+        except duckdb.InvalidInputException as exc:
+            if "configuration has been locked" in str(exc):
+                raise _refuse("configuration change", sql) from None
+            raise ClipstoreError(f"query failed: {str(exc).splitlines()[0]}", where=sql.strip()[:200]) from None
+        except duckdb.ParserException as exc:   # e.g. the text given to query(): DuckDB parses only a SELECT there
+            raise InputError(f"SQL does not parse: {str(exc).splitlines()[0]}", where=sql.strip()[:200],
+                             fix="check the statement's syntax") from None
         except duckdb.CatalogException as exc:
             raise ClipstoreError(f"{exc}".splitlines()[0],
                                  fix="`clipstore sql \"SHOW TABLES\"` lists what exists; a table appears once "
                                      "a stage has written it (e.g. samples after an ingest)") from None
         except duckdb.Error as exc:
             raise ClipstoreError(f"query failed: {str(exc).splitlines()[0]}", where=sql.strip()[:200]) from None
+
+    def query_text_params(self, sql: str, params: dict[str, str]) -> pa.Table:
+        """Run with text parameters (`--param K=V`). They bind as strings, which DuckDB casts
+        where a column or clause needs a number (`n > $k`, `LIMIT $k`); where it cannot tell
+        (`1 + $k`), the query is bound again with integer-looking values (`-?[0-9]+`) as integers."""
+        unused = sorted(set(params) - set(checked_statement(self.con, sql).named_parameters))
+        if unused:   # a typo in a --param name would otherwise be ignored silently
+            raise InputError(f"--param {', '.join(unused)} is not used by the query", where=sql.strip()[:200],
+                             fix="name it in the query as $NAME, or drop the --param")
+        try:
+            return self.query(sql, params)
+        except ClipstoreError as first:
+            numeric = {k: int(v) if _INTEGER.match(v.strip()) else v for k, v in params.items()}
+            if numeric == params or "query failed" not in first.what:
+                raise
+            try:
+                return self.query(sql, numeric)
+            except ClipstoreError:
+                raise first from None
 
     def close(self) -> None:
         self.con.close()
@@ -123,6 +292,14 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_names(statement, params: dict, sql: str) -> None:
+    missing = sorted(set(statement.named_parameters) - set(params))
+    if missing:
+        raise InputError(f"the query uses {', '.join('$' + m for m in missing)} but no value is given",
+                         where=sql.strip()[:200],
+                         fix=" ".join(f"--param {m}=VALUE" for m in missing) + " (or params={...} from Python)")
 
 
 def query(store: Store, sql: str, params: list | dict | None = None) -> pa.Table:

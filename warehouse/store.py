@@ -499,9 +499,9 @@ class ArtifactBuilder:
 
     def fail(self, error: BaseException) -> None:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        fs.remove(self.tmp_root)   # first: on a full disk this frees the space the catalog write needs
         with self.store.connect(read_only=False) as con:
             self._close_run(con, status, None, f"{type(error).__name__}: {error}"[:4000])
-        fs.remove(self.tmp_root)
 
     def _close_run(self, con, status: str, summary: dict | None, error: str | None) -> None:
         con.execute("UPDATE runs SET finished_at = ?, duration_s = ?, status = ?, summary = ?, error = ? "

@@ -170,7 +170,9 @@ def audit_near_duplicates() -> str:
 
 
 def existing_views(con: duckdb.DuckDBPyConnection) -> set[str]:
-    return {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    """Names a query can read: the session's views and its copies of the catalog tables."""
+    return {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal "
+                                      "UNION SELECT table_name FROM duckdb_tables() WHERE NOT internal").fetchall()}
 
 
 def derived_views(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
