@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     from clipstore import cli_features, cli_mining
     cli_mining.add_parsers(sub)
     cli_features.add_parsers(sub)
+    from clipstore import cli_export
+    cli_export.add_parsers(sub)
 
     s = sub.add_parser("sql", help="read-only SQL over the store")
     s.add_argument("query")
