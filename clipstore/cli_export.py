@@ -13,7 +13,8 @@ def cmd_openclip(args) -> None:
     done = export_openclip(args.store, args.dir, split=args.split, role=args.role, corpus=args.corpus,
                            shard_size=args.shard_size, overwrite=args.overwrite)
     state = "up to date" if done.up_to_date else f"in {time.monotonic() - t0:.1f}s"
-    print(f"export openclip {done.label}: {done.samples} samples in {len(done.shards)} shards "
+    n = len(done.shards)
+    print(f"export openclip {done.label}: {done.samples} samples in {n} shard{'s' if n != 1 else ''} "
           f"({done.bytes / 1e6:.1f} MB) {state} -> {done.path}")
     if done.skipped:
         print(f"  note: {done.skipped} caption-only samples have no image and are not exported")
