@@ -8,7 +8,7 @@ image under its stored extension, `txt` = first caption, `cls` when labelled, `j
 decoded or re-encoded, and the same store gives the same bytes. Shards are `000000.tar …` with
 `sizes.json` (open_clip reads sample counts from it) and `export.json` (what was exported, from
 which artifact versions). The folder appears complete or not at all: it is written beside the
-target and renamed into place."""
+target and renamed into place (a killed export's temp folder is removed by the next one)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,7 @@ def export_openclip(store: Store | str | Path, out: str | Path, *, split: str | 
                          fix="pass --overwrite to replace it, or choose another folder" if existing
                          else "choose an empty or new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_leftovers(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     fs.remove(tmp)
     tmp.mkdir()
@@ -122,6 +123,15 @@ def _existing_digest(out: Path) -> str | None:
         return json.loads((out / "export.json").read_text(encoding="utf-8")).get("digest")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _sweep_leftovers(out: Path) -> None:
+    """Remove the temp and old folders of exports to `out` that were killed (their process is gone)."""
+    import psutil
+    for leftover in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = leftover.name.rpartition("-")
+        if kind in (f".{out.name}.tmp", f".{out.name}.old") and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            fs.remove(leftover)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

@@ -7,7 +7,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import braceexpand
@@ -118,6 +121,18 @@ def test_a_failed_export_leaves_nothing(ucm, tmp_path):
     with pytest.raises(ClipstoreError, match="cannot read sample .* from its corpus shard"):
         export_openclip(broken, out, corpus="ucm_captions")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+def test_a_killed_exports_temp_folder_is_swept(ucm, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = tmp_path / f".x.tmp-{dead.pid}"               # what a SIGKILLed export leaves beside x
+    killed.mkdir()
+    (killed / "000000.tar").write_bytes(b"half a shard")
+    running = tmp_path / f".x.tmp-{os.getppid()}"          # another export still at work: left alone
+    running.mkdir()
+    export_openclip(ucm, tmp_path / "x", split="u30", role="labeled")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "x"]
 
 
 def test_whole_corpus_skips_caption_only_samples(ucm, tmp_path):
