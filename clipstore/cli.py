@@ -219,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_store.add_parsers(sub)
     project.add_parsers(sub)
     demo.add_parsers(sub)
+    from clipstore import cli_export
+    cli_export.add_parsers(sub)
 
     s = sub.add_parser("sql", help="read-only SQL over the store",
                        description="Run one read-only statement over the store's views (samples, captions, "

@@ -60,7 +60,7 @@ def cmd_keywords(args) -> None:
         art = mine_keywords(store, split=args.split, role=args.role, corpora=args.corpus or None,
                             source_split=args.source_split, top=args.top, ngram=args.ngram,
                             dedup_lim=args.dedup_lim, dedup_func=args.dedup_func, window=args.window,
-                            language=args.language, match_split=args.match_split, match_role=args.match_role,
+                            language=args.language, compat=args.compat, match_split=args.match_split, match_role=args.match_role,
                             match_corpora=args.match_corpus or None, name=args.name, wait=args.wait,
                             progress=not args.quiet)
     _report("keywords", store, art, t0, args)
@@ -128,7 +128,12 @@ def add_parsers(sub) -> None:
     s.add_argument("--top", type=int, default=300, help="vocabulary size (default %(default)s)")
     s.add_argument("--ngram", type=int, default=2, help="YAKE max n-gram (default %(default)s)")
     s.add_argument("--dedup-lim", type=float, default=0.9, help="YAKE dedup threshold (default %(default)s)")
-    s.add_argument("--dedup-func", default="seqm", choices=["seqm", "jaro", "levs"], help="YAKE dedup function")
+    s.add_argument("--dedup-func", choices=["seqm", "jaro", "levs"],
+                   help="YAKE dedup function (default seqm; levs with --compat sclip)")
+    s.add_argument("--compat", choices=["sclip"],
+                   help="reproduce S-CLIP's lists: levs dedup (yake 0.4's seqm) and, without a scope, its scope "
+                        "--corpus rsicd:train --corpus ucm_captions:train --corpus sydney_captions:train "
+                        "(--corpus NAME:SPLIT keeps one source split of that corpus)")
     s.add_argument("--window", type=int, default=1, help="YAKE co-occurrence window (default %(default)s)")
     s.add_argument("--language", default="en", help="YAKE language (stop words)")
     s.add_argument("--name", help="vocabulary name (default keywords.<scope>)")

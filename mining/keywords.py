@@ -13,7 +13,14 @@ YAKE's document here: every normalised caption (lower-case, no trailing " .") be
   salience YAKE measures, and the public lists were mined from the full caption list (on the
   RS-ALL train captions, 42 of the public yake-50 entries are in this top 50; deduplicated
   captions give 37). `unique_captions=True` mines each distinct caption once instead.
-Both choices are recorded in the recipe."""
+Both choices are recorded in the recipe.
+
+`compat="sclip"` reproduces the public lists as closely as the data allows (docs/keywords-compat.md):
+yake 0.4, which S-CLIP used, computed its default `seqm` dedup as a Levenshtein ratio (1 - edit
+distance / longer length), which is what yake 0.7 calls `levs`; 0.7's `seqm` is a different
+heuristic that scores "green tree" / "green trees" 0 (their last characters differ), so both
+survive. The mode uses `levs` and, when no scope is given, S-CLIP's: the train captions of RSICD,
+UCM and Sydney, in that order."""
 
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from clipstore.mining.matching import keyword_matrix, match_tokens, normalise_keyword
-from clipstore.mining.scope import Scope, resolve_match_scope, resolve_scope, scope_captions
+from clipstore.mining.scope import Scope, parse_corpus_splits, resolve_match_scope, resolve_scope, scope_captions
 from clipstore.mining.tables import KEYWORD_VOCAB_TABLES, SCHEMAS
 from clipstore.mining.vocab import begin_vocab, publish_vocab, vocab_name, vocabulary_row
 from clipstore.warehouse.errors import ClipstoreError, InputError
@@ -36,6 +43,9 @@ from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 DEDUP_FUNCS = ("seqm", "jaro", "levs")   # what yake 0.7 implements (any other name silently means levs)
 _LETTER = re.compile(r"[^\W\d_]")
 DOCUMENT = {"unit": "caption", "text": "normalised", "sentence": "<text>.", "join": " "}
+COMPAT_MODES = ("sclip",)
+SCLIP_DEDUP = "levs"                                   # what yake 0.4's default `seqm` computed
+SCLIP_SCOPE = ("rsicd:train", "ucm_captions:train", "sydney_captions:train")   # torchrs split="train"
 
 
 @dataclass(frozen=True)
@@ -119,22 +129,37 @@ def ranked_entries(found: list[tuple[str, float | None]]) -> tuple[list[str], li
 def mine_keywords(store: Store, *, split: str | None = None, role: str | None = None,
                   corpora: list[str] | None = None, source_split: str | None = None, top: int = 300, ngram: int = 2,
                   dedup_lim: float = 0.9,
-                  dedup_func: str = "seqm", window: int = 1, language: str = "en", unique_captions: bool = False,
-                  match_split: str | None = None, match_role: str | None = None,
+                  dedup_func: str | None = None, window: int = 1, language: str = "en", unique_captions: bool = False,
+                  compat: str | None = None, match_split: str | None = None, match_role: str | None = None,
                   match_corpora: list[str] | None = None, name: str | None = None, wait: bool = False,
                   progress: bool = True) -> Artifact:
     """Mine (or return, when this recipe over these input versions exists) a YAKE vocabulary over
-    the captions of `--split S --role R` or `--corpus A ...`, and match it against every caption of
-    the match scope (default: all captions of the scope's corpora, every role)."""
-    settings = YakeSettings(top, ngram, dedup_lim, dedup_func, window, language)
+    the captions of `--split S --role R` or `--corpus A ...` (`NAME:SPLIT` keeps one source split
+    of that corpus), and match it against every caption of the match scope (default: all captions
+    of the scope's corpora, every role). `compat="sclip"`: see the module docstring."""
+    if compat is not None and compat not in COMPAT_MODES:
+        raise InputError(f"unknown compatibility mode {compat!r}", fix=f"use one of: {', '.join(COMPAT_MODES)}")
+    if compat == "sclip":
+        if dedup_func not in (None, SCLIP_DEDUP):
+            raise InputError(f"--compat sclip deduplicates with {SCLIP_DEDUP!r} (yake 0.4's seqm), "
+                             f"not --dedup-func {dedup_func}", fix="drop --dedup-func, or drop --compat")
+        dedup_func = SCLIP_DEDUP
+        if not split and not corpora:
+            corpora = list(SCLIP_SCOPE)
+    settings = YakeSettings(top, ngram, dedup_lim, dedup_func or "seqm", window, language)
     settings.check()
+    corpora, source_splits = parse_corpus_splits(list(corpora or []))
     with store.writing(wait=wait):
-        scope = resolve_scope(store, split=split, role=role, corpora=corpora, source_split=source_split)
+        scope = resolve_scope(store, split=split, role=role, corpora=corpora, source_split=source_split,
+                              source_splits=source_splits)
         match_scope = resolve_match_scope(store, split=match_split, role=match_role, corpora=match_corpora,
                                           default=scope)
         params = {"method": "yake", "yake": settings.extractor_args(), "yake_version": yake_version(),
                   "document": {**DOCUMENT, "unique_captions": unique_captions}, "match": match_scope.params()}
-        builder = begin_vocab(store, "keywords", name or vocab_name("keywords", scope.label), params, scope,
+        if compat:  # only when set, so recipes made before the option keep their ids
+            params["compat"] = compat
+        default_name = vocab_name("keywords", scope.label) + (f".{compat}" if compat else "")
+        builder = begin_vocab(store, "keywords", name or default_name, params, scope,
                               KEYWORD_VOCAB_TABLES, extra_inputs=match_scope.input_ids)
         with builder.failing_on_error():
             done = builder.reuse_if_complete()
@@ -158,7 +183,7 @@ def _mine(store: Store, builder: ArtifactBuilder, scope: Scope, match_scope: Sco
         stats = {"captions": captions.num_rows, "captions_mined": n_used, "document_chars": len(document),
                  "dropped": dropped, "yake_seconds": round(time.monotonic() - started, 3), "top": keywords[:20]}
         # the default match scope is the mined captions themselves: read them once
-        same = not scope.split and not scope.source_split and match_scope.corpora == scope.corpora
+        same = not scope.filtered and match_scope.corpora == scope.corpora
         return write_keyword_vocab(store, builder, kind="keywords", scope_label=scope.label, method="yake",
                                    keywords=keywords, scores=scores, source="yake", match_scope=match_scope,
                                    match_captions=captions if same else None, stats=stats, steps=steps)

@@ -3,7 +3,9 @@ corpora (`--corpus A --corpus B`, caption-only corpora included), resolved to ar
 
 Role `train` = labeled + unlabeled: every training caption of a split's images. With corpora,
 `source_split="train"` keeps the captions of the sources' own train entries, images on disk or
-not: that is how S-CLIP mined its YAKE lists (the train captions of RSICD+UCM+Sydney).
+not: that is how S-CLIP mined its YAKE lists (the train captions of RSICD+UCM+Sydney). A split
+per corpus (`source_splits={"rsicd": "train"}`, written `--corpus rsicd:train` on the command
+line) filters only that corpus; the others keep every caption (or `source_split`'s).
 
 A scope's `versions` (input artifact -> digest of its committed parts) go into every recipe
 built on it, so re-mining unchanged inputs returns the existing artifact and a corpus that
@@ -32,13 +34,25 @@ class Scope:
     source_split: str | None = None     # with corpora: only entries of the sources' own split
     inputs: dict[str, Artifact] = field(default_factory=dict)   # corpus name / "split:<name>" -> artifact
     versions: dict[str, str] = field(default_factory=dict)
+    source_splits: dict[str, str] = field(default_factory=dict)  # per corpus, when they differ
 
     @property
     def label(self) -> str:
-        """A short stable name: `rs_all.labeled`, or `ucm_captions`, `a+b` for several corpora."""
+        """A short stable name: `rs_all.labeled`, or `ucm_captions`, `a+b` for several corpora,
+        `a.train+b` when only some corpora are filtered."""
         if self.split:
             return f"{self.split}.{self.role}"
+        if self.source_splits:
+            return "+".join(f"{c}.{self.source_splits[c]}" if c in self.source_splits else c for c in self.corpora)
         return "+".join(self.corpora) + (f".{self.source_split}" if self.source_split else "")
+
+    @property
+    def filtered(self) -> bool:
+        """Whether the scope keeps only some of its corpora's captions."""
+        return bool(self.split or self.source_split or self.source_splits)
+
+    def split_of(self, corpus: str) -> str | None:
+        return self.source_splits.get(corpus, self.source_split)
 
     @property
     def input_ids(self) -> list[str]:
@@ -54,21 +68,59 @@ class Scope:
                   "input_versions": self.versions}
         if self.source_split:  # only when set, so recipes made before the option keep their ids
             params["source_split"] = self.source_split
+        if self.source_splits:
+            params["source_splits"] = dict(self.source_splits)
         return params
 
     def corpus_artifacts(self) -> dict[str, Artifact]:
         return {c: self.inputs[c] for c in self.corpora}
 
 
+def parse_corpus_splits(specs: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`["rsicd:train", "ucm_captions"]` -> (["rsicd", "ucm_captions"], {"rsicd": "train"})."""
+    corpora: list[str] = []
+    splits: dict[str, str] = {}
+    for spec in specs:
+        name, sep, split = spec.rpartition(":")
+        if not sep:
+            name = spec
+        elif not name or split not in SOURCE_SPLITS:
+            raise InputError(f"--corpus {spec!r} is not NAME or NAME:SPLIT",
+                             fix=f"e.g. --corpus rsicd:train; SPLIT is one of {', '.join(SOURCE_SPLITS)}")
+        if name in corpora:
+            if splits.get(name) != (split or None):
+                raise InputError(f"corpus {name!r} is named twice with different splits",
+                                 fix="name each corpus once, with at most one :SPLIT")
+            continue
+        corpora.append(name)
+        if sep:
+            splits[name] = split
+    return corpora, splits
+
+
 def resolve_scope(store: Store, *, split: str | None = None, role: str | None = None,
-                  corpora: list[str] | None = None, source_split: str | None = None) -> Scope:
+                  corpora: list[str] | None = None, source_split: str | None = None,
+                  source_splits: dict[str, str] | None = None) -> Scope:
     """Check the request and find its artifacts; raises a clear error for what is missing."""
     corpora = list(dict.fromkeys(corpora or []))
-    if source_split and split:
+    source_splits = dict(source_splits or {})
+    if (source_split or source_splits) and split:
         raise InputError("--source-split filters whole corpora; a split already says which images count",
                          fix="use --corpus A ... --source-split train, or --split NAME --role train")
-    if source_split and source_split not in SOURCE_SPLITS:
-        raise InputError(f"unknown source split {source_split!r}", fix=f"use one of: {', '.join(SOURCE_SPLITS)}")
+    for s in [source_split, *source_splits.values()]:
+        if s and s not in SOURCE_SPLITS:
+            raise InputError(f"unknown source split {s!r}", fix=f"use one of: {', '.join(SOURCE_SPLITS)}")
+    unknown = sorted(set(source_splits) - set(corpora))
+    if unknown:
+        raise InputError(f"a source split is given for {', '.join(unknown)}, which is not a --corpus",
+                         fix="give the split with the corpus: --corpus NAME:SPLIT")
+    # every corpus filtered alike is the plain --source-split scope (the same recipe)
+    effective = {c: source_splits.get(c, source_split) for c in corpora}
+    if source_splits and None not in effective.values() and len(set(effective.values())) == 1:
+        source_split, source_splits = next(iter(effective.values())), {}
+    elif source_splits:
+        source_splits = {c: s for c, s in effective.items() if s is not None}
+        source_split = None
     if bool(split) == bool(corpora):
         raise InputError("say which captions to mine: --split NAME --role ROLE, or one or more --corpus NAME",
                          fix="e.g. --split rs_all --role labeled, or --corpus ucm_captions")
@@ -96,7 +148,7 @@ def resolve_scope(store: Store, *, split: str | None = None, role: str | None = 
                             where=str(store.root), fix="ingest it first (`clipstore ingest FORMAT PATH --name NAME`)")
     inputs.update({c: found[c] for c in corpora})
     versions = store.versions(sorted(a.artifact_id for a in inputs.values()))
-    return Scope(tuple(corpora), split, role, source_split, inputs, versions)
+    return Scope(tuple(corpora), split, role, source_split, inputs, versions, source_splits)
 
 
 def resolve_match_scope(store: Store, *, split: str | None = None, role: str | None = None,
@@ -127,10 +179,13 @@ def scope_captions(store: Store, scope: Scope, session: Session | None = None) -
                    "ORDER BY list_position($corpora, c.corpus), m.source_index, c.ordinal")
             params = {"split": scope.split, "roles": scope.split_roles, "corpora": list(scope.corpora)}
         else:
+            # the source split each corpus keeps, aligned with $corpora (NULL: every caption)
             sql = (f"SELECT {CAPTION_COLUMNS} FROM captions c JOIN samples m ON m.sample_id = c.sample_id "
-                   "WHERE list_contains($corpora, c.corpus) AND ($source_split IS NULL OR m.split = $source_split) "
+                   "WHERE list_contains($corpora, c.corpus) "
+                   "AND ($splits[list_position($corpora, c.corpus)] IS NULL "
+                   "OR m.split = $splits[list_position($corpora, c.corpus)]) "
                    "ORDER BY list_position($corpora, c.corpus), m.source_index, c.ordinal")
-            params = {"corpora": list(scope.corpora), "source_split": scope.source_split}
+            params = {"corpora": list(scope.corpora), "splits": [scope.split_of(c) for c in scope.corpora]}
         if "captions" not in session.tables():
             return pa.table({"corpus": pa.array([], pa.string()), "caption_id": pa.array([], pa.string()),
                              "sample_id": pa.array([], pa.string()), "image_id": pa.array([], pa.string()),

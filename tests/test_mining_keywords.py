@@ -241,3 +241,110 @@ def test_bad_scopes_and_parameters(ucm, tmp_path):
     ingest(junk, "karpathy", tmp_path / "src", name="karpathy", keep_missing=True, workers=1, progress=False)
     with pytest.raises(InputError, match="has no captions to mine"):
         mine_keywords(junk, corpora=["karpathy"], progress=False)
+
+
+# ---- S-CLIP compatibility and per-corpus split scopes ---------------------------------------
+# alinlab/s-clip keywords/RS/yake-50.txt, the published list (in rank order)
+SCLIP_YAKE_50 = [
+    'green trees', 'green', 'parking lot', 'trees', 'buildings', 'green plants', 'lot', 'residential area',
+    'lots', 'area', 'building', 'green meadow', 'piece', 'road', 'river', 'green ocean', 'dark green',
+    'industrial area', 'surrounded', 'cars', 'roads', 'green river', 'white buildings', 'residential', 'white',
+    'sides', 'plants', 'parking', 'green pond', 'dense residential', 'large piece', 'large building', 'large',
+    'playground', 'green mountain', 'houses', 'field', 'commercial area', 'deep green', 'football field',
+    'white waves', 'tall buildings', 'green farmlands', 'pond', 'medium residential', 'houses arranged',
+    'center building', 'cars parked', 'sparse green', 'parked',
+]
+
+
+def write_two_corpora(tmp_path, store):
+    """Two small corpora whose captions say both "green tree" and "green trees"; corpus a has
+    train and test entries."""
+    a = [{"filename": f"a{i}.tif", "split": "train" if i < 8 else "test",
+          "captions": [f"many green trees are around the building {i} .", "a green tree stands beside the road .",
+                       "some cars are parked in the parking lot .", "a river with green trees on both sides ."]}
+         for i in range(12)]
+    b = [{"filename": f"b{i}.tif", "split": "train" if i < 2 else "val",
+          "captions": ["a harbor with many boats .", "green trees near a harbor ."]} for i in range(4)]
+    write_karpathy(tmp_path / "a", a)
+    write_karpathy(tmp_path / "b", b)
+    ingest(store, "karpathy", tmp_path / "a", name="a", keep_missing=True, workers=1, progress=False)
+    ingest(store, "karpathy", tmp_path / "b", name="b", keep_missing=True, workers=1, progress=False)
+
+
+def test_compat_sclip_dedups_plural_pairs_as_yake_04_did(tmp_path):
+    store = Store(tmp_path / "store")
+    write_two_corpora(tmp_path, store)
+    plain = mine_keywords(store, corpora=["a"], top=20, progress=False)
+    words = [r["keyword"] for r in vocab_keywords(store, plain.artifact_id)]
+    assert "green trees" in words and "green tree" in words          # yake 0.7's seqm scores the pair 0
+    compat = mine_keywords(store, corpora=["a"], top=20, compat="sclip", progress=False)
+    words = [r["keyword"] for r in vocab_keywords(store, compat.artifact_id)]
+    assert "green trees" in words and "green tree" not in words      # Levenshtein ratio 10/11 > 0.9
+    assert compat.params["yake"]["dedup_func"] == "levs" and compat.params["compat"] == "sclip"
+    assert "compat" not in plain.params                               # older recipes keep their ids
+    assert compat.name == "keywords.a.sclip" and plain.name == "keywords.a"
+    with pytest.raises(InputError, match="--compat sclip deduplicates with 'levs'"):
+        mine_keywords(store, corpora=["a"], compat="sclip", dedup_func="seqm", progress=False)
+    with pytest.raises(InputError, match="unknown compatibility mode 'clip'"):
+        mine_keywords(store, corpora=["a"], compat="clip", progress=False)
+    # without a scope, the mode mines S-CLIP's: the train captions of RSICD, UCM and Sydney
+    with pytest.raises(NotFoundError, match="no corpus 'rsicd', 'ucm_captions', 'sydney_captions'"):
+        mine_keywords(store, compat="sclip", progress=False)
+
+
+def test_a_source_split_per_corpus_in_one_call(tmp_path):
+    store = Store(tmp_path / "store")
+    write_two_corpora(tmp_path, store)
+    mixed = mine_keywords(store, corpora=["a:train", "b"], top=20, progress=False)
+    assert mixed.stats["captions_mined"] == 8 * 4 + 4 * 2            # a's train entries, all of b
+    assert mixed.name == "keywords.a.train+b"
+    assert mixed.params["source_splits"] == {"a": "train"} and "source_split" not in mixed.params
+    assert mixed.params["corpora"] == ["a", "b"] and mixed.params["match"]["corpora"] == ["a", "b"]
+    assert mixed.counts["image_keywords"] == 16                       # matched against every caption
+    # the same split for every corpus is the plain --source-split recipe
+    both = mine_keywords(store, corpora=["a:train", "b:train"], top=20, progress=False)
+    plain = mine_keywords(store, corpora=["a", "b"], source_split="train", top=20, progress=False)
+    assert both.artifact_id == plain.artifact_id and both.stats["captions_mined"] == 8 * 4 + 2 * 2
+    # --source-split applies to the corpora without their own
+    test_a = mine_keywords(store, corpora=["a:test", "b"], source_split="val", top=20, progress=False)
+    assert test_a.stats["captions_mined"] == 4 * 4 + 2 * 2 and test_a.name == "keywords.a.test+b.val"
+    with pytest.raises(InputError, match="'a:dev' is not NAME or NAME:SPLIT"):
+        mine_keywords(store, corpora=["a:dev"], progress=False)
+    with pytest.raises(InputError, match="'a' is named twice with different splits"):
+        mine_keywords(store, corpora=["a:train", "a:test"], progress=False)
+
+
+def test_cli_compat_and_corpus_split(tmp_path, cli):
+    store = Store(tmp_path / "store")
+    write_two_corpora(tmp_path, store)
+    proc = cli("--store", store.root, "-q", "mine", "keywords", "--corpus", "a:train", "--corpus", "b",
+               "--compat", "sclip", "--top", "20")
+    assert "mine keywords keywords.a.train+b.sclip:" in proc.stdout
+    bad = cli("--store", store.root, "mine", "keywords", "--corpus", "a:bogus", check=False)
+    assert bad.returncode == 2 and "is not NAME or NAME:SPLIT" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_compat_sclip_over_the_real_rs_captions_is_closer_to_the_published_list(tmp_path, shared_data):
+    """RSICD + UCM + Sydney captions (all of them, images on disk or not): S-CLIP's scope with
+    yake 0.7's seqm vs the compat mode's Levenshtein dedup, against the published yake-50."""
+    d = shared_data
+    store = Store(tmp_path / "store")
+    ingest(store, "rsicd", d / "rsicd" / "dataset_rsicd.reconstructed.json", images=d / "rsicd" / "RSICD_images",
+           keep_missing=True, workers=1, progress=False)
+    ingest(store, "ucm_captions", d / "ucm_captions", images=d / "ucmerced_landuse",
+           image_map=d / "ucmerced_landuse" / "ucm_captions_filename_map.tsv", keep_missing=True, workers=1,
+           progress=False)
+    ingest(store, "sydney_captions", d / "sydney_captions", images=d / "sydney_captions" / "imgs",
+           keep_missing=True, workers=1, progress=False)
+    plain = mine_keywords(store, corpora=["rsicd", "ucm_captions", "sydney_captions"], source_split="train",
+                          progress=False)
+    compat = mine_keywords(store, compat="sclip", progress=False)
+    assert compat.stats["captions_mined"] == plain.stats["captions_mined"] == 54551
+    assert compat.name == "keywords.rsicd+ucm_captions+sydney_captions.train.sclip"
+    top = {k: [r["keyword"] for r in vocab_keywords(store, v.artifact_id)][:50]
+           for k, v in (("plain", plain), ("compat", compat))}
+    assert {"green tree", "green trees"} <= set(top["plain"])
+    assert "green tree" not in top["compat"] and "green trees" in top["compat"]
+    assert len(set(top["plain"]) & set(SCLIP_YAKE_50)) == 42
+    assert len(set(top["compat"]) & set(SCLIP_YAKE_50)) == 44
