@@ -137,10 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compat", choices=["sclip"], help="reproduce the S-CLIP code's torch.randperm selection")
     s.set_defaults(func=cmd_split)
 
-    from clipstore import cli_features, cli_mining, cli_store
+    from clipstore import cli_eval, cli_features, cli_mining, cli_store
     cli_mining.add_parsers(sub)
     cli_features.add_parsers(sub)
     cli_store.add_parsers(sub)
+    cli_eval.add_parsers(sub)
 
     s = sub.add_parser("sql", help="read-only SQL over the store")
     s.add_argument("query")
