@@ -19,13 +19,13 @@ def _model_spec(args):
 
 
 def _print_outcome(store, outcome, started: float) -> None:
-    from clipstore.eval.compare import HEADLINE
-    from clipstore.warehouse.sql import format_table, query
+    import pyarrow as pa
+    from clipstore.eval.compare import run_metrics
+    from clipstore.warehouse.sql import format_table
     art = outcome.artifact
-    table = query(store, "SELECT corpus, split, task, protocol, metric, round(value, 2) AS value FROM metrics "
-                         "WHERE run = $run AND class IS NULL AND list_contains($m, metric) "
-                         "ORDER BY corpus, task, protocol, metric", {"run": art.artifact_id, "m": list(HEADLINE)})
-    sys.stdout.write(format_table(table, max_rows=1000))
+    rows = [{"corpus": r["corpus"], "split": r["split"], "task": r["task"], "protocol": r["protocol"],
+             "metric": r["metric"], "value": round(r["value"], 2)} for r in run_metrics(store, art)]
+    sys.stdout.write(format_table(pa.Table.from_pylist(rows), max_rows=1000))
     for label, why in outcome.skipped:
         print(f"skipped {label}: {why}")
     state = "unchanged recipe, nothing recomputed" if art.noop else f"{time.monotonic() - started:.1f}s"
@@ -64,10 +64,8 @@ def cmd_suite(args) -> None:
         from clipstore.warehouse.errors import NotFoundError
         raise NotFoundError(f"no corpus of suite {suite.name} is ingested", where=str(store.root),
                             fix="ingest one with a command listed above")
-    from clipstore.eval.cache import model_of
-    model = model_of(_model_spec(args))
-    outcome = evaluate(store, model, suite.tasks, name=args.name or f"eval.{suite.name}.{model.name}",
-                       keep_going=True, progress=not args.quiet, wait=args.wait)
+    outcome = evaluate(store, _model_spec(args), suite.tasks, name=args.name, label=suite.name, keep_going=True,
+                       progress=not args.quiet, wait=args.wait)
     _print_outcome(store, outcome, t0)
 
 
@@ -95,7 +93,8 @@ def _model_args(s) -> None:
     g.add_argument("--checkpoint", type=Path, help="local weights (.safetensors, torch state dict, clipstore checkpoint)")
     g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="autocast precision (default: bf16 on GPU)")
     g.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when visible)")
-    s.add_argument("--name", help="name of the evaluation artifact (default eval.<corpus or suite>.<model>)")
+    s.add_argument("--name", help="name of the evaluation artifact (default eval.<corpus or suite>.<model>.<recipe "
+                                  "digest>; SQL shows the newest run of a name)")
 
 
 def add_parsers(sub) -> None:

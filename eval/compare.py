@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from clipstore.warehouse.errors import InputError
-from clipstore.warehouse.sql import Session
+from clipstore.warehouse.parquet import read_parquet
 from clipstore.warehouse.store import Artifact, Store
 
 HEADLINE = ("top1", "top5", "balanced_acc", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10",
@@ -18,9 +18,14 @@ def evaluation_run(store: Store, ref: str) -> Artifact:
     return store.get(ref, kind="evaluation")
 
 
-def run_metrics(session: Session, run: str, metrics: tuple[str, ...] = HEADLINE) -> list[dict]:
-    return session.query("SELECT * FROM metrics WHERE run = $run AND class IS NULL AND list_contains($m, metric) "
-                         "ORDER BY corpus, task, protocol, metric", {"run": run, "m": list(metrics)}).to_pylist()
+def run_rows(store: Store, run: Artifact, table: str) -> list[dict]:
+    """A run's own rows, read from its parts: also for a version that is no longer current (the
+    SQL views show current versions only)."""
+    return read_parquet(store.table_paths(run, table)).to_pylist()
+
+
+def run_metrics(store: Store, run: Artifact, metrics: tuple[str, ...] = HEADLINE) -> list[dict]:
+    return [r for r in run_rows(store, run, "metrics") if r["class"] is None and r["metric"] in metrics]
 
 
 def compare(store: Store, refs: list[str]) -> pa.Table:
@@ -33,11 +38,10 @@ def compare(store: Store, refs: list[str]) -> pa.Table:
         raise InputError("the same run is given twice", fix="pass distinct evaluation runs")
     labels = _labels(runs)
     table: dict[tuple, dict] = {}
-    with Session(store) as session:
-        for run, label in zip(runs, labels):
-            for row in run_metrics(session, run.artifact_id):
-                key = tuple(row[k] for k in KEY)
-                table.setdefault(key, {k: row[k] for k in KEY})[label] = row["value"]
+    for run, label in zip(runs, labels):
+        for row in run_metrics(store, run):
+            key = tuple(row[k] for k in KEY)
+            table.setdefault(key, {k: row[k] for k in KEY})[label] = row["value"]
     order = {m: i for i, m in enumerate(HEADLINE)}
     out = []
     for key in sorted(table, key=lambda k: (k[0], k[1], k[2], str(k[3]), str(k[4]), order[k[6]])):

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clipstore.eval.compare import evaluation_run
+from clipstore.eval.compare import evaluation_run, run_rows
 from clipstore.warehouse import fs
-from clipstore.warehouse.sql import Session
 from clipstore.warehouse.store import Store
 
 ZS_COLUMNS = ("top1", "top5", "balanced_acc", "images", "classes")
@@ -51,10 +50,8 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 def write_report(store: Store, ref: str, wait: bool = False) -> Report:
     from clipstore.eval import plots   # matplotlib only when a report is drawn
     run = evaluation_run(store, ref)
-    with Session(store) as session:
-        rows = session.query("SELECT * FROM metrics WHERE run = $run", {"run": run.artifact_id}).to_pylist()
-        confusion = session.query("SELECT * FROM confusion WHERE run = $run ORDER BY corpus, true_index, pred_index",
-                                  {"run": run.artifact_id}).to_pylist()
+    rows = run_rows(store, run, "metrics")
+    confusion = run_rows(store, run, "confusion")
     out_dir = run.path / "report"
     files: dict[str, bytes] = {}
     zs: dict[tuple, dict] = defaultdict(dict)

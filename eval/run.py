@@ -16,6 +16,7 @@ import numpy as np
 from clipstore.eval import cache, data, metrics
 from clipstore.eval.tables import CONFUSION, EVAL_TABLES, METRICS
 from clipstore.warehouse.errors import ClipstoreError, InputError
+from clipstore.warehouse.hashing import digest
 from clipstore.warehouse.parquet import commit_part_tables
 from clipstore.warehouse.sql import Session
 from clipstore.warehouse.store import Artifact, Store
@@ -68,10 +69,11 @@ class _Prepared:
     compute: object           # () -> (metric rows, confusion rows), run only when the recipe is new
 
 
-def evaluate(store: Store, model, tasks: list[Task], *, name: str | None = None, keep_going: bool = False,
-             progress: bool = False, wait: bool = False) -> Outcome:
+def evaluate(store: Store, model, tasks: list[Task], *, name: str | None = None, label: str | None = None,
+             keep_going: bool = False, progress: bool = False, wait: bool = False) -> Outcome:
     """Evaluate a model on tasks. With keep_going (suites), a task that cannot run is skipped and
-    reported; otherwise its error is raised. `model` is a ModelSpec, a LoadedModel or a name."""
+    reported; otherwise its error is raised. `model` is a ModelSpec, a LoadedModel or a name.
+    The run is named `name`, or eval.<label or corpus>.<model>.<digest of the recipe's parameters>."""
     if not tasks:
         raise InputError("nothing to evaluate", fix="name a corpus, or a suite whose corpora are ingested")
     loaded = cache.model_of(model)
@@ -91,7 +93,9 @@ def evaluate(store: Store, model, tasks: list[Task], *, name: str | None = None,
     params = {"fingerprint": loaded.fingerprint, "model": loaded.name, "checkpoint": checkpoint,
               "tasks": [p.recipe for p in prepared]}
     inputs = {a.artifact_id: a for p in prepared for a in p.inputs}
-    run_name = name or f"eval.{prepared[0].task.corpus if len(prepared) == 1 else 'tasks'}.{loaded.name}"
+    # SQL shows the current version of each name: a default name per recipe keeps every run queryable
+    what = label or (prepared[0].task.corpus if len(prepared) == 1 else "tasks")
+    run_name = name or f"eval.{what}.{loaded.name}.{digest(params)[:8]}"
     started = time.monotonic()
     with store.writing(wait=wait):
         built = store.produce(kind="evaluation", name=run_name, stage="eval", version=STAGE_VERSION, params=params,
