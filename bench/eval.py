@@ -37,11 +37,10 @@ def unit16(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float16).astype(np.float32)
 
 
-def seed_style_suite(model, synth: Path, store) -> dict[str, float]:
+def seed_style_suite(model, synth: Path) -> dict[str, float]:
     """One evaluation call the seed code's way: everything re-encoded from the raw files."""
     from clipstore.eval import metrics
     from clipstore.features.prompts import template_set
-    from clipstore.warehouse.sql import query
 
     def encode_files(paths):
         out = []
@@ -101,7 +100,7 @@ def bench_suite(n_images: int, calls: int, model_name: str) -> None:
         from clipstore.features.models import ModelSpec
         model = model_of(ModelSpec(model_name, pretrained=None if model_name.startswith("tiny") else "random"))
         t = time.perf_counter()
-        cold = cached_suite(store, model, "warmup")          # fills the cache: the only encoding
+        cached_suite(store, model, "warmup")          # fills the cache: the only encoding
         cold_s = time.perf_counter() - t
         t = time.perf_counter()
         for i in range(calls):
@@ -109,7 +108,7 @@ def bench_suite(n_images: int, calls: int, model_name: str) -> None:
         cached_s = (time.perf_counter() - t) / calls
         t = time.perf_counter()
         for _ in range(calls):
-            seed = seed_style_suite(model, tmp / "synth", store)
+            seed = seed_style_suite(model, tmp / "synth")
         seed_s = (time.perf_counter() - t) / calls
     diff = max(abs(cached[k] - seed[k]) for k in seed)
     print(f"suite synth ({n_images} captioned images + {n_images // 5} classification images, {model_name}, "

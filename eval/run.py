@@ -9,7 +9,7 @@ The numbers are rows of the `metrics` table (and `confusion` for zero-shot)."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -207,6 +207,3 @@ def task_from_dict(row: dict, where: str) -> Task:
                          where=where, fix=f"use the keys {', '.join(sorted(known))}")
     return Task(**row)
 
-
-def describe(task: Task) -> dict:
-    return {k: v for k, v in asdict(task).items() if v is not None}
