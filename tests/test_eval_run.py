@@ -231,3 +231,11 @@ def test_normalised_class_names_from_mined_vocabulary(tmp_path, shared_data, tin
     pred = (np.stack([vecs[row[s["image_id"]]] for s in samples]).astype(np.float32) @ text.T).argmax(axis=1)
     want = np.mean([names[p].replace(" ", "") == s["class"] for p, s in zip(pred, samples)]) * 100
     assert metric(store, norm.run, "ucm_small", "aerial", "top1") == pytest.approx(want)
+
+
+def test_seed_template_sets():
+    assert template_set("aerial").templates == ("an aerial photograph of {}.",)
+    assert template_set("fashion").templates == ("a photo of a {}.",)
+    rs = template_set("reclip_rs").templates
+    assert len(set(rs)) == 18 and all(t.count("{}") == 1 for t in rs)
+    assert (rs[0], rs[6], rs[-1]) == ("satellite imagery of {}.", "satellite imagery of a {}.", "aerial view of the {}.")
