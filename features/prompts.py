@@ -27,6 +27,11 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     ),
     "aerial": ("an aerial photograph of {}.",),   # the single RS zero-shot prompt of S-CLIP's evaluation
     "openai": ("a photo of a {}.",),              # CLIP's simple prompt; fashion zero-shot uses it
+    "fashion": ("a photo of a {}.",),             # the seeds' fashion zero-shot prompt, under its task's name
+    # ReCLIP's remote-sensing set: CLIP's 18 RESISC45 templates
+    "reclip_rs": tuple(f"{view} of {article}{{}}." for article in ("", "a ", "the ")
+                       for view in ("satellite imagery", "aerial imagery", "satellite photo", "aerial photo",
+                                    "satellite view", "aerial view")),
 }
 
 
