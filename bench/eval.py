@@ -72,7 +72,8 @@ def seed_style_suite(model, synth: Path) -> dict[str, float]:
     caption_image = np.array([i for i, e in enumerate(val) for _ in e["sentences"]])
     captions = encode_texts(texts)
     for protocol in ("all", "one-caption"):
-        results[f"synth/{protocol}/mR"] = metrics.retrieval(images, captions, caption_image, protocol, 0).metrics()["mR"]
+        scored = metrics.retrieval(images, captions, caption_image, protocol, 0)
+        results[f"synth/{protocol}/mR"] = scored.metrics()["mR"]
     return results
 
 

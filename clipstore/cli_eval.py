@@ -90,7 +90,8 @@ def _model_args(s) -> None:
     g.add_argument("--model", help="open_clip architecture (ViT-B-32, ...) or tiny-vit / tiny-rn")
     g.add_argument("--pretrained", help="open_clip pretrained tag; downloads need --allow-download")
     g.add_argument("--allow-download", action="store_true", help="allow fetching pretrained weights")
-    g.add_argument("--checkpoint", type=Path, help="local weights (.safetensors, torch state dict, clipstore checkpoint)")
+    g.add_argument("--checkpoint", type=Path,
+                   help="local weights (.safetensors, torch state dict, clipstore checkpoint)")
     g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="autocast precision (default: bf16 on GPU)")
     g.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when visible)")
     s.add_argument("--name", help="name of the evaluation artifact (default eval.<corpus or suite>.<model>.<recipe "
@@ -115,7 +116,8 @@ def add_parsers(sub) -> None:
 
     s = esub.add_parser("retrieval", help="image-text retrieval on a split of a caption corpus")
     s.add_argument("--corpus", required=True)
-    s.add_argument("--source-split", default="val", help="split of the corpus (default %(default)s; all = every sample)")
+    s.add_argument("--source-split", default="val",
+                   help="split of the corpus (default %(default)s; all = every sample)")
     s.add_argument("--protocol", default="all", choices=["all", "one-caption", "both"],
                    help="all captions (standard), one random caption per image (the seeds'), or both")
     s.add_argument("--seed", type=int, default=0, help="seed of the one-caption draw (default %(default)s)")

@@ -60,7 +60,8 @@ def cmd_keywords(args) -> None:
         art = mine_keywords(store, split=args.split, role=args.role, corpora=args.corpus or None,
                             source_split=args.source_split, top=args.top, ngram=args.ngram,
                             dedup_lim=args.dedup_lim, dedup_func=args.dedup_func, window=args.window,
-                            language=args.language, compat=args.compat, match_split=args.match_split, match_role=args.match_role,
+                            language=args.language, compat=args.compat, match_split=args.match_split,
+                            match_role=args.match_role,
                             match_corpora=args.match_corpus or None, name=args.name, wait=args.wait,
                             progress=not args.quiet)
     _report("keywords", store, art, t0, args)

@@ -32,7 +32,8 @@ def compare(store: Store, refs: list[str]) -> pa.Table:
     """One row per (corpus, split, task, protocol, names, seed, metric) any run has; a column per
     run (its name and id prefix) and `delta <run>` columns against the first run."""
     if len(refs) < 2:
-        raise InputError("eval compare needs two or more runs", fix="pass evaluation ids or names (`clipstore ls --kind evaluation`)")
+        raise InputError("eval compare needs two or more runs",
+                         fix="pass evaluation ids or names (`clipstore ls --kind evaluation`)")
     runs = [evaluation_run(store, r) for r in refs]
     if len({r.artifact_id for r in runs}) < len(runs):
         raise InputError("the same run is given twice", fix="pass distinct evaluation runs")

@@ -203,7 +203,8 @@ def task_from_dict(row: dict, where: str) -> Task:
     known = set(Task.__dataclass_fields__)
     unknown = set(row) - known
     if unknown or "corpus" not in row or "task" not in row:
-        raise InputError(f"suite row {row} needs corpus and task" + (f"; unknown keys {sorted(unknown)}" if unknown else ""),
+        extra = f"; unknown keys {sorted(unknown)}" if unknown else ""
+        raise InputError(f"suite row {row} needs corpus and task{extra}",
                          where=where, fix=f"use the keys {', '.join(sorted(known))}")
     return Task(**row)
 

@@ -213,8 +213,9 @@ def test_normalised_class_names_from_mined_vocabulary(tmp_path, shared_data, tin
     mine_classnames(store, ["ucm_small"])
     norm = evaluate(store, tiny, [Task("ucm_small", ZEROSHOT, templates="aerial")])
     raw = evaluate(store, tiny, [Task("ucm_small", ZEROSHOT, templates="aerial", raw_names=True)])
-    classes = lambda run: sorted(query(store, "SELECT class FROM metrics WHERE run = ? AND metric = 'class_acc'",
-                                       [run]).column("class").to_pylist())
+    def classes(run):
+        return sorted(query(store, "SELECT class FROM metrics WHERE run = ? AND metric = 'class_acc'",
+                            [run]).column("class").to_pylist())
     assert classes(norm.run) == ["baseball diamond", "dense residential", "mobile home park"]
     assert classes(raw.run) == sorted(UCM_CLASSES)
     assert norm.artifact.params["tasks"][0]["names"] == "normalised"
