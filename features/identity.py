@@ -7,7 +7,7 @@ A CLIP model is two towers that never see each other's weights at inference:
     models), the text config, the tokenizer and its context length.
 The autocast precision belongs to both. Image caches key on the image-tower fingerprint and text
 caches on the text-tower one, so a checkpoint whose training froze one tower keeps that tower's
-caches valid. Weight digests hash (key, dtype, shape, bytes) in key order, so the same weights
+caches valid. Weight digests hash (key, dtype, shape, bytes) in sorted key order, so the same weights
 hash alike whatever file format held them."""
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ def tower_of(key: str) -> str | None:
 
 
 def weights_sha256(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over (key, dtype, shape, bytes) of every tensor, in key order."""
+    """SHA-256 over (key, dtype, shape, bytes) of every tensor, in sorted key order (files list
+    their tensors in different orders: safetensors sorts them, torch keeps the module's)."""
     h = hashlib.sha256()
-    for key, tensor in state.items():
+    for key, tensor in sorted(state.items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{key}\0{str(t.dtype)}\0{tuple(t.shape)}\0".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())

@@ -46,6 +46,7 @@ def caption_and_class_corpora(store, shared_data, tmp_path, n=8, shard_size=3):
     ingest(store, "imagefolder", tmp_path / "more", name="more", workers=1, progress=False)
 
 
+@pytest.mark.slow
 def test_an_image_reached_through_a_second_corpus_is_copied_not_recomputed(store, tmp_path, shared_data, tiny):
     caption_and_class_corpora(store, shared_data, tmp_path)
     [caps] = embed(store, model=tiny, corpus="caps", workers=0, progress=False)
@@ -77,6 +78,7 @@ def test_an_image_reached_through_a_second_corpus_is_copied_not_recomputed(store
     assert seen["images"] == 8
 
 
+@pytest.mark.slow
 def test_embedding_items_name_their_artifact_model_and_fingerprint(store, tmp_path, shared_data, tiny):
     caption_and_class_corpora(store, shared_data, tmp_path, n=4)
     rn = load_model(ModelSpec("tiny-rn"))
@@ -95,6 +97,7 @@ def test_embedding_items_name_their_artifact_model_and_fingerprint(store, tmp_pa
     assert joined == 24
 
 
+@pytest.mark.slow
 def test_a_vector_set_reads_the_parts_in_place(store, tmp_path, shared_data, tiny):
     caption_and_class_corpora(store, shared_data, tmp_path, n=8, shard_size=3)
     caps, more = (embed(store, model=tiny, corpus=c, workers=0, progress=False)[0] for c in ("caps", "more"))
@@ -125,6 +128,7 @@ def test_a_vector_set_reads_the_parts_in_place(store, tmp_path, shared_data, tin
         vector_set(store, [caps, rn])
 
 
+@pytest.mark.slow
 def test_a_split_is_embedded_and_linked_as_one_graph(store, tmp_path, shared_data, tiny):
     caption_and_class_corpora(store, shared_data, tmp_path, n=9)
     make_split(store, "shift", corpora=["caps"], unlabeled_corpora=["more"], labeled_ratio=0.5, seed=0)
@@ -178,6 +182,7 @@ def test_a_split_is_embedded_and_linked_as_one_graph(store, tmp_path, shared_dat
         build_split_graph(store, tiny, k=3, split="shift", corpora=["caps"], progress=False)
 
 
+@pytest.mark.slow
 def test_knn_over_corpora_from_the_command_line(store, tmp_path, shared_data, capsys):
     caption_and_class_corpora(store, shared_data, tmp_path, n=4)
     argv = ["--store", str(store.root), "-q", "knn", "--corpus", "caps", "--corpus", "more", "--model", "tiny-vit",
