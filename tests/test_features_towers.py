@@ -138,6 +138,7 @@ def test_a_registered_checkpoint_is_a_model_spec(store, tmp_path, shared_data, t
         load_model(resolve_model_spec(store, ModelSpec("nope")))
 
 
+@pytest.mark.slow
 def test_nan_weights_and_nan_outputs_are_refused(store, tmp_path, shared_data):
     model = load_model(ModelSpec("tiny-vit"))
     weights = model.model.state_dict()
