@@ -174,7 +174,8 @@ def _distinct_texts(found: list[dict], k: int, sample_id: str) -> list[dict]:
 
 
 def _model_label(art: Artifact) -> str:
-    return str(art.stats.get("model") or art.params.get("model") or (art.params.get("fingerprint") or "an unnamed model")[:16])
+    named = art.stats.get("model") or art.params.get("model")
+    return str(named or (art.params.get("fingerprint") or "an unnamed model")[:16])
 
 
 def _not_embedded_message(sample: dict, model: str | None, any_embeddings: bool) -> str:

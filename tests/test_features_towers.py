@@ -43,7 +43,8 @@ def perturbed(model, tower: str, scale: float = 0.01) -> dict:
 def test_each_tower_has_its_own_fingerprint(tmp_path, tiny):
     for round_ in ("round1", "round2"):
         (tmp_path / round_).mkdir()
-    text_ckpt = save_checkpoint(tmp_path / "round1" / "ckpt.safetensors", perturbed(tiny, "text"), {"model": "tiny-vit"})
+    text_ckpt = save_checkpoint(tmp_path / "round1" / "ckpt.safetensors", perturbed(tiny, "text"),
+                                {"model": "tiny-vit"})
     image_ckpt = save_checkpoint(tmp_path / "round2" / "ckpt.safetensors", perturbed(tiny, "image"),
                                  {"model": "tiny-vit"})
     text_tuned, image_tuned = load_model(ModelSpec(checkpoint=text_ckpt)), load_model(ModelSpec(checkpoint=image_ckpt))
