@@ -190,6 +190,20 @@ def test_knn_over_corpora_from_the_command_line(store, tmp_path, shared_data, ca
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "knn caps+more.image.tiny-vit.knn3: nodes 8, edges 24 over caps 4, more 4, exact" in out
+    make_split(store, "both", corpora=["caps"], unlabeled_corpora=["more"], labeled_ratio=0.5, seed=0)
+    assert main(["--store", str(store.root), "-q", "embed", "--model", "tiny-vit", "--split", "both",
+                 "--modality", "image,caption", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "caps.image.tiny-vit: vectors 4" in out and "more.image.tiny-vit: vectors 4" in out
+    assert "caps.caption.tiny-vit: vectors 8" in out
+    assert main(["--store", str(store.root), "-q", "knn", "--split", "both", "--role", "labeled", "--role",
+                 "unlabeled", "--model", "tiny-vit", "--k", "2"]) == 0
+    out = capsys.readouterr().out
+    counts = query(store, "SELECT role, count(*) AS n FROM splits WHERE split = 'both' GROUP BY role").to_pylist()
+    roles = {r["role"]: r["n"] for r in counts}
+    assert roles["unlabeled"] == 4 and roles["labeled"] >= 1
+    assert (f"knn both.image.tiny-vit.knn2.labeled+unlabeled: nodes {roles['labeled'] + 4}" in out
+            and f"(labeled {roles['labeled']}, unlabeled 4)" in out)
     assert main(["--store", str(store.root), "-q", "knn", "--corpus", "caps", "--k", "3"]) == 2
     assert "needs --model" in capsys.readouterr().err
     assert main(["--store", str(store.root), "-q", "knn", "--embeddings", "x", "--split", "s"]) == 2
