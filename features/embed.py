@@ -99,6 +99,9 @@ def embed(store: Store | str | Path, *, model: ModelSpec | LoadedModel, corpus: 
     of that split) or of a vocabulary with a model and return the embeddings artifacts, one per
     (corpus, modality) (plus one for augmented image views when `views` > 0). `model` may be a
     spec naming a checkpoint artifact. See the module doc."""
+    if isinstance(model, LoadedModel) and model.train:
+        raise InputError("a train-mode model embeds with random train transforms",
+                         fix="embed with load_model(spec) (build_model(spec, train=False))")
     store = store if isinstance(store, Store) else Store(store)
     modalities = _modalities(modality)
     view_spec = parse_views(views, augment, seed)
@@ -108,9 +111,6 @@ def embed(store: Store | str | Path, *, model: ModelSpec | LoadedModel, corpus: 
         raise InputError(f"--workers must be >= 0, got {workers}")
     if view_spec and IMAGE not in modalities:
         raise InputError("--views augments images", fix="add image to --modality, or drop --views")
-    if isinstance(model, LoadedModel) and model.train:
-        raise InputError("a train-mode model embeds with random train transforms",
-                         fix="embed with load_model(spec) (build_model(spec, train=False))")
     corpora = _corpora(store, corpus, split)
     jobs = _jobs(store, modalities, corpora, vocab, classnames_corpus, templates, per_template, view_spec)
     if IMAGE in modalities and workers != 0:

@@ -83,7 +83,7 @@ def test_a_text_only_checkpoint_reuses_the_image_cache(store, tmp_path, shared_d
     assert not np.allclose(before, after, atol=1e-3)
 
 
-def test_train_mode_builds_a_trainable_model_with_the_train_transform(tiny):
+def test_train_mode_builds_a_trainable_model_with_the_train_transform(tiny, tmp_path):
     trainable = build_model(ModelSpec("tiny-vit"), train=True)
     assert trainable.train and trainable.model.training
     assert all(p.requires_grad for p in trainable.model.parameters())
@@ -96,7 +96,8 @@ def test_train_mode_builds_a_trainable_model_with_the_train_transform(tiny):
     loss.backward()
     assert trainable.model.visual.proj.grad is not None
     with pytest.raises(InputError, match="train-mode model"):
-        embed("unused-store", model=trainable, corpus="x", progress=False)
+        embed(tmp_path / "store", model=trainable, corpus="x", progress=False)
+    assert not (tmp_path / "store").exists()                     # refused before anything is created
 
 
 @pytest.mark.slow
