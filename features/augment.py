@@ -1,4 +1,4 @@
-"""Augmented views for feature caches (ANCHORS 8). Overhead imagery has no "up", so its natural
+"""Augmented views for feature caches. Overhead imagery has no "up", so its natural
 views are the dihedral transforms: 90-degree rotations and mirror flips, all exact (no resampling).
 
 View k (1, 2, ...) of an image is fixed by (augment spec, seed, image_id, k): the allowed

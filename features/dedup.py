@@ -10,7 +10,7 @@ threshold, each unordered pair once (a = the smaller item id). Table
 b_corpus, sim)`. The SQL view `audit_near_duplicates` joins it with the split manifests and flags
 pairs whose two sides sit in different roles (labeled/unlabeled vs val/test = leakage).
 
-A node whose k-th neighbour is itself above the threshold may have more near duplicates than
+A node whose k-th neighbor is itself above the threshold may have more near duplicates than
 the graph holds: such nodes are counted in stats (`saturated_nodes`) with the k to ask for."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from clipstore.features.graph import build_knn_graph, load_knn_graph
 from clipstore.warehouse.errors import InputError
-from clipstore.warehouse.parquet import commit_part_tables, read_parquet, table_spec
+from clipstore.warehouse.parquet import commit_part_tables, table_spec
 from clipstore.warehouse.store import Artifact, Store
 
 DEFAULT_THRESHOLD = 0.95
@@ -73,10 +73,10 @@ def audit_near_duplicates(store: Store, ref: str, threshold: float = DEFAULT_THR
 
 def near_duplicate_pairs(store: Store, graph: Artifact, threshold: float) -> tuple[pa.Table, dict]:
     """The graph's edges with sim >= threshold as unordered pairs (without artifact_id), and stats."""
-    ids, neighbours, sims = load_knn_graph(store, graph.artifact_id)
-    nodes = read_parquet(store.table_paths(graph, "knn_nodes"), columns=["row", "sample_id", "corpus"]).sort_by("row")
-    a_rows, b_rows, pair_sims = _unordered_pairs(ids, neighbours, sims, threshold)
-    sample_ids, corpora = nodes.column("sample_id"), nodes.column("corpus")
+    knn = load_knn_graph(store, graph.artifact_id)
+    ids, neighbors, sims = knn.ids, knn.neighbors, knn.sims
+    a_rows, b_rows, pair_sims = _unordered_pairs(ids, neighbors, sims, threshold)
+    sample_ids, corpora = knn.nodes.column("sample_id"), knn.nodes.column("corpus")
     a_corpus, b_corpus = corpora.take(pa.array(a_rows)), corpora.take(pa.array(b_rows))
     pairs = pa.table({
         "modality": pa.array([graph.params.get("modality")] * len(a_rows), pa.string()),
@@ -84,24 +84,24 @@ def near_duplicate_pairs(store: Store, graph: Artifact, threshold: float) -> tup
         "b_item_id": pa.array(ids[b_rows].tolist(), pa.string()),
         "a_sample_id": sample_ids.take(pa.array(a_rows)), "b_sample_id": sample_ids.take(pa.array(b_rows)),
         "a_corpus": a_corpus, "b_corpus": b_corpus, "sim": pa.array(pair_sims, pa.float32())})
-    k = int(neighbours.shape[1])
+    k = knn.k
     saturated = int((sims[:, -1] >= threshold).sum())
     stats = {"threshold": threshold, "pairs": pairs.num_rows,
              "cross_corpus_pairs": sum(a != b for a, b in zip(a_corpus.to_pylist(), b_corpus.to_pylist())),
              "items_involved": len(set(a_rows.tolist()) | set(b_rows.tolist())), "nodes": len(ids),
              "graph": graph.artifact_id, "k": k, "exact": bool(graph.stats.get("exact")),
              "graph_recall": graph.stats.get("recall"), "saturated_nodes": saturated,
-             "saturated_fix": f"{saturated} items have all {k} graph neighbours at or above the threshold and may "
+             "saturated_fix": f"{saturated} items have all {k} graph neighbors at or above the threshold and may "
                               "have more near duplicates: rebuild with a larger k" if saturated else None}
     return pairs, stats
 
 
-def _unordered_pairs(ids: np.ndarray, neighbours: np.ndarray, sims: np.ndarray,
+def _unordered_pairs(ids: np.ndarray, neighbors: np.ndarray, sims: np.ndarray,
                      threshold: float) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """(a rows, b rows, sims) of each pair once, a = the smaller item id, ordered by sim desc then
     ids; both directions may be edges: the pair keeps the larger sim."""
-    src = np.repeat(np.arange(len(ids)), neighbours.shape[1])
-    dst, sim = neighbours.ravel(), sims.ravel()
+    src = np.repeat(np.arange(len(ids)), neighbors.shape[1])
+    dst, sim = neighbors.ravel(), sims.ravel()
     near = (dst >= 0) & (sim >= threshold)
     src, dst, sim = src[near], dst[near], sim[near]
     swap = ids[src] > ids[dst]

@@ -1,14 +1,19 @@
-"""`clipstore embed`: the embedding cache. One embeddings artifact per (model fingerprint, source,
-modality, view spec); its recipe holds exactly those, not the source's version, so the artifact
-grows with its source: only items whose id it does not hold yet are embedded, and asking again
-for what is there runs no model forward at all.
+"""`clipstore embed`: the embedding cache. One embeddings artifact per (tower fingerprint, source,
+modality, view spec): image caches key on the image tower, text caches (caption, keyword,
+concept, classname) on the text tower, so a checkpoint that changed one tower reuses the other's
+caches. The recipe holds exactly those, not the source's version, so the artifact grows with its
+source: only items whose id it does not hold yet are embedded, and asking again for what is there
+runs no model forward at all. An image is embedded once per image tower: vectors of the same
+image_id (and view) already in another embeddings artifact of that tower are copied, not
+recomputed (UCM captions and UCM-CLS share every image).
 
 Images stream from the corpus's shard tars: DataLoader workers (one per shard at a time) read the
 stored bytes at their recorded offsets, decode, augment and apply the model's eval preprocess; the
 main process runs the model (autocast on GPU) and commits one part per shard, in shard order. A
 run killed at any point leaves a prefix of parts, and the next run embeds exactly the rest, with
 the same batches, hence the same vectors. Texts are embedded in the main process, in parts of
-TEXT_PART_SIZE items."""
+TEXT_PART_SIZE items (progress per batch). NaN/Inf outputs are refused before their part is written.
+See docs/vector-sets.md and docs/models.md."""
 
 from __future__ import annotations
 
@@ -29,10 +34,14 @@ from clipstore.features import items as sources
 from clipstore.features.augment import ViewSpec, parse_views
 from clipstore.features.items import (CAPTION, CLASSNAME, CORPUS_MODALITIES, IMAGE, KEYWORD, MODALITIES,
                                       VOCAB_MODALITIES)
+from clipstore.features.checkpoint_artifacts import resolve_model_spec
+from clipstore.features.identity import IMAGE_TOWER, TEXT_TOWER
 from clipstore.features.models import LoadedModel, ModelSpec, load_model
 from clipstore.features.prompts import TemplateSet, prompt_item_id, template_set
-from clipstore.features.vectors import EMBEDDING_TABLES, commit_vectors
-from clipstore.warehouse.errors import ClipstoreError, InputError
+from clipstore.features.vectors import (EMBEDDING_TABLES, check_finite, commit_unit_vectors, commit_vectors,
+                                        normalise, open_embeddings)
+from clipstore.warehouse.errors import ClipstoreError, InputError, NotFoundError
+from clipstore.warehouse.hashing import canonical_json
 from clipstore.warehouse.lock import check_writable
 from clipstore.warehouse.shards import StoredImage, corpus_images, decode
 from clipstore.warehouse.sql import Session
@@ -56,9 +65,15 @@ class Job:
     def source_name(self) -> str:
         return self.source.name
 
+    @property
+    def tower(self) -> str:
+        return IMAGE_TOWER if self.modality == IMAGE else TEXT_TOWER
+
     def params(self, model: LoadedModel) -> dict:
+        """The cache key: the tower's fingerprint and what is embedded; not the model's name, so
+        two models sharing a tower share its caches."""
         is_vocab = self.modality in VOCAB_MODALITIES
-        params = {"fingerprint": model.fingerprint, "model": model.name, "modality": self.modality,
+        params = {"fingerprint": model.tower_fingerprints[self.tower], "tower": self.tower, "modality": self.modality,
                   "corpus": None if is_vocab else self.source_name, "vocab": self.source_name if is_vocab else None,
                   "views": self.views.recipe() if self.views else None}
         if self.templates is not None:
@@ -74,13 +89,18 @@ class Job:
         return name
 
 
-def embed(store: Store | str | Path, *, model: ModelSpec | LoadedModel, corpus: str | None = None,
-          modality: str | tuple[str, ...] | list[str] = ("image",), vocab: str | None = None,
+def embed(store: Store | str | Path, *, model: ModelSpec | LoadedModel, corpus: str | list[str] | None = None,
+          split: str | None = None, modality: str | tuple[str, ...] | list[str] = ("image",), vocab: str | None = None,
           classnames_corpus: str | None = None, templates: str = "default", per_template: bool = False,
           views: int = 0, augment: str | None = None, seed: int = 0, batch_size: int = 64,
           workers: int | None = None, wait: bool = False, progress: bool = True) -> list[Artifact]:
-    """Embed the items of a corpus or vocabulary with a model and return the embeddings artifacts,
-    one per modality (plus one for augmented image views when `views` > 0). See the module doc."""
+    """Embed the items of one or more corpora (`corpus`, a name or a list; `split`: every corpus
+    of that split) or of a vocabulary with a model and return the embeddings artifacts, one per
+    (corpus, modality) (plus one for augmented image views when `views` > 0). `model` may be a
+    spec naming a checkpoint artifact. See the module doc."""
+    if isinstance(model, LoadedModel) and model.train:
+        raise InputError("a train-mode model embeds with random train transforms",
+                         fix="embed with load_model(spec) (build_model(spec, train=False))")
     store = store if isinstance(store, Store) else Store(store)
     check_writable(store.root, wait=wait)   # refuse in a second, not after loading the model
     modalities = _modalities(modality)
@@ -91,14 +111,36 @@ def embed(store: Store | str | Path, *, model: ModelSpec | LoadedModel, corpus: 
         raise InputError(f"--workers must be >= 0, got {workers}")
     if view_spec and IMAGE not in modalities:
         raise InputError("--views augments images", fix="add image to --modality, or drop --views")
-    jobs = _jobs(store, modalities, corpus, vocab, classnames_corpus, templates, per_template, view_spec)
+    corpora = _corpora(store, corpus, split)
+    jobs = _jobs(store, modalities, corpora, vocab, classnames_corpus, templates, per_template, view_spec)
     if IMAGE in modalities and workers != 0:
         start_worker_server()   # it imports torch while we load the model
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    loaded = model if isinstance(model, LoadedModel) else load_model(resolve_model_spec(store, model))
     with store.writing(wait=wait):
         with Session(store) as session:   # read every job's items first: the session holds the catalog open
             work = [(job, _items(store, session, job)) for job in jobs]
         return [_run(store, job, found, loaded, batch_size, workers, progress) for job, found in work]
+
+
+def _corpora(store: Store, corpus, split: str | None) -> list[str]:
+    """The corpora to embed: --corpus (one or several), plus every corpus of --split."""
+    names = [corpus] if isinstance(corpus, str) else list(corpus or [])
+    if split:
+        names += split_corpora(store, split)
+    return list(dict.fromkeys(names))
+
+
+def split_corpora(store: Store, split: str) -> list[str]:
+    """The corpora a split's manifest draws from (labeled, unlabeled, val and test alike)."""
+    art = store.current("split", split)
+    if art is None:
+        have = ", ".join(sorted(a.name for a in store.current_all("split"))) or "none yet"
+        raise NotFoundError(f"no split {split!r} in the store (splits: {have})", where=str(store.root),
+                            fix="make it first: clipstore split NAME --corpus A --corpus B ...")
+    with Session(store) as session:
+        rows = session.query("SELECT DISTINCT corpus FROM splits WHERE split = $split ORDER BY corpus",
+                             {"split": split}).column("corpus").to_pylist()
+    return rows
 
 
 def _modalities(modality) -> list[str]:
@@ -111,27 +153,34 @@ def _modalities(modality) -> list[str]:
     return names
 
 
-def _jobs(store: Store, modalities: list[str], corpus: str | None, vocab: str | None,
+def _jobs(store: Store, modalities: list[str], corpora: list[str], vocab: str | None,
           classnames_corpus: str | None, templates: str, per_template: bool, view_spec: ViewSpec | None) -> list[Job]:
     """Check every source before any work starts, so a typo in the last one costs nothing."""
     jobs = []
     for m in modalities:
         if m in CORPUS_MODALITIES:
-            if not corpus:
-                raise InputError(f"--modality {m} embeds a corpus", fix="add --corpus NAME")
-            art = sources.corpus_artifact(store, corpus)
-            jobs.append(Job(m, art))
-            if m == IMAGE and view_spec:
-                jobs.append(Job(m, art, views=view_spec))
+            if not corpora:
+                raise InputError(f"--modality {m} embeds a corpus", fix="add --corpus NAME or --split NAME")
+            for name in corpora:
+                art = sources.corpus_artifact(store, name)
+                jobs.append(Job(m, art))
+                if m == IMAGE and view_spec:
+                    jobs.append(Job(m, art, views=view_spec))
         elif m in VOCAB_MODALITIES:
-            jobs.append(Job(m, sources.vocab_artifact(store, vocab) if vocab else _default_vocab(store, m, corpus)))
+            if vocab:
+                jobs.append(Job(m, sources.vocab_artifact(store, vocab)))
+            elif len(corpora) > 1:
+                raise InputError(f"--modality {m} embeds one vocabulary; {len(corpora)} corpora give no default",
+                                 fix="pass --vocab NAME (`clipstore ls --kind vocab`)")
+            else:
+                jobs.append(Job(m, _default_vocab(store, m, corpora[0] if corpora else None)))
         else:
-            name = classnames_corpus or corpus
-            if not name:
+            names = [classnames_corpus] if classnames_corpus else corpora
+            if not names:
                 raise InputError("--modality classname embeds the classes of a classification corpus",
                                  fix="add --corpus NAME (a corpus with class labels)")
-            jobs.append(Job(m, sources.corpus_artifact(store, name), templates=template_set(templates),
-                            per_template=per_template))
+            jobs += [Job(m, sources.corpus_artifact(store, name), templates=template_set(templates),
+                         per_template=per_template) for name in names]
     return jobs
 
 
@@ -162,32 +211,67 @@ def _run(store: Store, job: Job, found: list, model: LoadedModel, batch_size: in
          progress: bool) -> Artifact:
     params = job.params(model)
     source_version = store.versions([job.source.artifact_id])[job.source.artifact_id]
-    config = {**params, "identity": model.identity, "device": str(model.device), "batch_size": batch_size,
-              "workers": workers, "source_artifact": job.source.artifact_id, "source_version": source_version}
-    builder = store.begin(kind="embeddings", name=job.artifact_name(model), stage="embed", params=params,
-                          tables=EMBEDDING_TABLES, config=config)
+    config = {**params, "model": model.name, "model_fingerprint": model.fingerprint, "identity": model.identity,
+              "device": str(model.device), "batch_size": batch_size, "workers": workers,
+              "source_artifact": job.source.artifact_id, "source_version": source_version}
+    builder = store.begin(kind="embeddings", name=_cache_name(store, job, model, params), stage="embed",
+                          params=params, tables=EMBEDDING_TABLES, config=config)
     with builder.failing_on_error():
         builder.add_lineage([job.source.artifact_id])  # outside the recipe: the cache grows with its source
         started = time.monotonic()
         committed = builder.committed_parts("embedding_items")
         have = _committed_keys([path for _, _, path in committed])
         first_part = max((p for p, _, _ in committed), default=-1) + 1
+        writer = PartWriter(builder, first_part, model.name, params["fingerprint"])
+        copied = 0
         if job.modality == IMAGE:
-            new = _embed_images(builder, first_part, job, model, found, have, batch_size, workers, progress)
+            new, copied = _embed_images(store, writer, job, model, found, have, batch_size, workers, progress)
         elif job.modality == CLASSNAME:
-            new = _embed_classes(builder, first_part, job, model, [c for c in found if (c.item_id, 0) not in have],
-                                 batch_size)
+            new = _embed_classes(writer, job, model, [c for c in found if (c.item_id, 0) not in have], batch_size)
         else:
-            new = _embed_texts(builder, first_part, model, [t for t in found if (t["item_id"], 0) not in have],
+            new = _embed_texts(writer, model, [t for t in found if (t["item_id"], 0) not in have],
                                batch_size, progress, job.source_name)
         seconds = time.monotonic() - started
         rows = len(have) + new
         counts = {"vectors": rows, "dim": model.embed_dim}
-        stats = {"fingerprint": model.fingerprint, "model": model.name, "precision": model.precision,
-                 "device": str(model.device), "source": {job.source.artifact_id: source_version}}
-        summary = {"embedded": new, "vectors": rows, "seconds": round(seconds, 3),
-                   "per_second": round(new / seconds, 1) if new and seconds > 0 else None}
+        stats = {"fingerprint": params["fingerprint"], "tower": job.tower, "model": model.name,
+                 "model_fingerprint": model.fingerprint, "tower_fingerprints": dict(model.tower_fingerprints),
+                 "precision": model.precision, "device": str(model.device),
+                 "source": {job.source.artifact_id: source_version}}
+        summary = {"embedded": new, "copied": copied, "vectors": rows, "seconds": round(seconds, 3),
+                   "per_second": round((new - copied) / seconds, 1) if new > copied and seconds > 0 else None}
         return builder.finish(counts=counts, stats=stats, summary=summary, noop=new == 0)
+
+
+def _cache_name(store: Store, job: Job, model: LoadedModel, params: dict) -> str:
+    """The artifact name: that of the cache this key already has (a checkpoint that left the
+    tower unchanged continues the same artifact, whatever model first made it), else
+    `<source>.<modality>.<model name>[.aug-...][.templates]`."""
+    for art in store.list("embeddings"):       # oldest first
+        if art.status != "failed" and canonical_json(art.params) == canonical_json(params):
+            return art.name
+    return job.artifact_name(model)
+
+
+@dataclass
+class PartWriter:
+    """Commits an artifact's next parts, each row tagged with the model and tower fingerprint."""
+
+    builder: ArtifactBuilder
+    part: int
+    model: str
+    fingerprint: str
+
+    def raw(self, items: list[dict], vectors: np.ndarray) -> int:
+        n = commit_vectors(self.builder, self.part, items, vectors, model=self.model, fingerprint=self.fingerprint)
+        self.part += 1
+        return n
+
+    def unit(self, items: list[dict], unit: np.ndarray, norms: np.ndarray) -> int:
+        n = commit_unit_vectors(self.builder, self.part, items, unit, norms, model=self.model,
+                                fingerprint=self.fingerprint)
+        self.part += 1
+        return n
 
 
 def _committed_keys(paths: list[Path]) -> set[tuple[str, int]]:
@@ -201,11 +285,13 @@ def _committed_keys(paths: list[Path]) -> set[tuple[str, int]]:
 # ---- images ----------------------------------------------------------------------------------
 @dataclass
 class ShardTask:
-    """The pending (image, view) items of one shard, in byte order; becomes one part."""
+    """The pending (image, view) items of one shard, in byte order; becomes one part. `compute`
+    are those no other artifact of the image tower holds (the rest are copied)."""
 
     index: int
     shard: Path
     items: list[tuple[StoredImage, int]] = field(default_factory=list)
+    compute: list[tuple[StoredImage, int]] = field(default_factory=list)
 
 
 class ShardImages(IterableDataset):
@@ -226,7 +312,7 @@ class ShardImages(IterableDataset):
         pixels: list[torch.Tensor] = []
         decoded: tuple[str, Image.Image] | None = None
         with open(task.shard, "rb") as tar:
-            for n, (ref, view) in enumerate(task.items, start=1):
+            for n, (ref, view) in enumerate(task.compute, start=1):
                 try:
                     if decoded is None or decoded[0] != ref.image_id:   # an image's views are adjacent: decode once
                         decoded = (ref.image_id, decode(tar, ref))
@@ -235,8 +321,8 @@ class ShardImages(IterableDataset):
                 except Exception as exc:   # reported by the main process, with the shard and image
                     yield {"task": task.index, "error": f"image {ref.image_id} at byte {ref.offset}: {exc}"}
                     return
-                if len(pixels) == self.batch_size or n == len(task.items):
-                    yield {"task": task.index, "pixels": torch.stack(pixels), "last": n == len(task.items)}
+                if len(pixels) == self.batch_size or n == len(task.compute):
+                    yield {"task": task.index, "pixels": torch.stack(pixels), "last": n == len(task.compute)}
                     pixels = []
 
 
@@ -279,67 +365,132 @@ def _image_tasks(refs: list[StoredImage], view_ids: list[int], have: set) -> lis
     return tasks
 
 
-def _embed_images(builder: ArtifactBuilder, part: int, job: Job, model: LoadedModel, refs: list[StoredImage],
-                  have: set, batch_size: int, workers: int | None, progress: bool) -> int:
+@dataclass(frozen=True)
+class Copy:
+    """A vector another artifact of the same image tower already holds: (its part, row, norm)."""
+
+    vectors: np.ndarray
+    row: int
+    norm: float
+
+
+def reusable_vectors(store: Store, own_id: str, params: dict, wanted: set[tuple[str, int]]) -> dict[tuple, Copy]:
+    """(image_id, view) -> the stored vector of that image in any other embeddings artifact with
+    the same image-tower fingerprint and view spec (memory-mapped, nothing copied yet)."""
+    donors = [a for a in store.list("embeddings") if a.artifact_id != own_id and a.status != "failed"
+              and a.params.get("fingerprint") == params["fingerprint"] and a.params.get("modality") == IMAGE
+              and canonical_json(a.params.get("views")) == canonical_json(params.get("views"))]
+    found: dict[tuple, Copy] = {}
+    if not donors or not wanted:
+        return found
+    parts = store.all_parts([a.artifact_id for a in donors])
+    for art in donors:
+        emb = open_embeddings(store, art, parts)
+        by_part = {p: i for i, (p, _, _) in enumerate(parts.get((art.artifact_id, "vectors"), []))}
+        cols = {c: emb.items.column(c).to_pylist() for c in ("item_id", "view", "part", "row", "norm")}
+        for item, view, part, row, norm in zip(*cols.values()):
+            key = (item, view)
+            if key in wanted and key not in found and part in by_part:
+                found[key] = Copy(emb.parts[by_part[part]], row, norm)
+    return found
+
+
+def _embed_images(store: Store, writer: PartWriter, job: Job, model: LoadedModel, refs: list[StoredImage],
+                  have: set, batch_size: int, workers: int | None, progress: bool) -> tuple[int, int]:
+    """Embed (or copy) the pending images; returns (rows written, rows copied)."""
     view_ids = list(range(1, job.views.views + 1)) if job.views else [0]
     tasks = _image_tasks(refs, view_ids, have)
     if not tasks:
-        return 0
-    n_images = sum(len(t.items) for t in tasks)
-    workers = default_workers(len(tasks), n_images) if workers is None else min(workers, len(tasks))
-    loader = DataLoader(ShardImages(tasks, model.preprocess, job.views, batch_size), batch_size=None,
+        return 0, 0
+    copies = reusable_vectors(store, writer.builder.artifact_id, job.params(model),
+                              {key for t in tasks for key in ((r.image_id, v) for r, v in t.items)})
+    for t in tasks:
+        t.compute = [(ref, v) for ref, v in t.items if (ref.image_id, v) not in copies]
+    computing = [t for t in tasks if t.compute]
+    n_images = sum(len(t.compute) for t in computing)
+    workers = default_workers(len(computing), n_images) if workers is None else min(workers, len(computing))
+    loader = DataLoader(ShardImages(computing, model.preprocess, job.views, batch_size), batch_size=None,
                         num_workers=workers, worker_init_fn=_worker_init if workers else None,
                         multiprocessing_context=_worker_context() if workers else None,
-                        pin_memory=model.device.type == "cuda", persistent_workers=False)
+                        pin_memory=model.device.type == "cuda", persistent_workers=False) if computing else []
     bar = _progress(progress, f"embed {job.source_name} images", n_images, "img")
     done: dict[int, list[torch.Tensor]] = {t.index: [] for t in tasks}
-    finished: set[int] = set()
-    next_commit, total = 0, 0
+    finished = {t.index for t in tasks if not t.compute}
+    state = {"next": 0, "total": 0}
+
+    def commit_ready() -> None:   # parts go in shard order, whichever worker finished first
+        while state["next"] in finished:
+            t = tasks[state["next"]]
+            state["total"] += _commit_shard(writer, job, t, done.pop(t.index), copies)
+            state["next"] += 1
+
+    commit_ready()
     for batch in loader:
         task = tasks[batch["task"]]
         if "error" in batch:
             raise ClipstoreError(f"cannot read an image of corpus {job.source_name}: {batch['error']}",
                                  where=str(task.shard), fix="re-ingest the corpus (the shard may be damaged)")
-        done[task.index].append(model.encode_images(batch["pixels"]))
+        features = model.encode_images(batch["pixels"])
+        check_finite(features.numpy(), f"images of shard {task.shard.name}")
+        done[task.index].append(features)
         if bar is not None:
             bar.update(len(batch["pixels"]))
         if batch["last"]:
             finished.add(task.index)
-        while next_commit in finished:   # parts go in shard order, whichever worker finished first
-            t = tasks[next_commit]
-            rows = [{"item_id": ref.image_id, "modality": IMAGE, "view": view, "corpus": job.source_name,
-                     "sample_id": ref.sample_id, "text": None} for ref, view in t.items]
-            total += commit_vectors(builder, part, rows, torch.cat(done.pop(next_commit)).numpy())
-            part, next_commit = part + 1, next_commit + 1
+        commit_ready()
     if bar is not None:
         bar.close()
-    return total
+    return state["total"], sum(len(t.items) - len(t.compute) for t in tasks)
 
 
-# ---- texts -----------------------------------------------------------------------------------
-def _encode_texts(model: LoadedModel, texts: list[str], batch_size: int) -> np.ndarray:
-    chunks = [model.encode_texts(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+def _commit_shard(writer: PartWriter, job: Job, task: ShardTask, computed: list[torch.Tensor],
+                  copies: dict[tuple, Copy]) -> int:
+    rows = [{"item_id": ref.image_id, "modality": IMAGE, "view": view, "corpus": job.source_name,
+             "sample_id": ref.sample_id, "text": None} for ref, view in task.items]
+    if not copies:
+        return writer.raw(rows, torch.cat(computed).numpy())
+    unit, norms = (normalise(torch.cat(computed).numpy()) if computed else
+                   (np.zeros((0, 0), dtype=np.float16), np.zeros(0, dtype=np.float32)))
+    out_unit, out_norms, fresh = [], [], 0
+    for ref, view in task.items:
+        hit = copies.get((ref.image_id, view))
+        if hit is None:
+            out_unit.append(unit[fresh])
+            out_norms.append(norms[fresh])
+            fresh += 1
+        else:
+            out_unit.append(np.asarray(hit.vectors[hit.row]))
+            out_norms.append(hit.norm)
+    return writer.unit(rows, np.stack(out_unit), np.asarray(out_norms, dtype=np.float32))
+
+
+# ---- texts ----------------------------------------------------------------------------------
+def _encode_texts(model: LoadedModel, texts: list[str], batch_size: int, bar=None) -> np.ndarray:
+    chunks = []
+    for i in range(0, len(texts), batch_size):
+        chunk = model.encode_texts(texts[i:i + batch_size])
+        check_finite(chunk.numpy(), "texts")
+        chunks.append(chunk)
+        if bar is not None:
+            bar.update(len(chunk))
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, model.embed_dim), dtype=np.float32)
 
 
-def _embed_texts(builder: ArtifactBuilder, part: int, model: LoadedModel, pending: list[dict], batch_size: int,
+def _embed_texts(writer: PartWriter, model: LoadedModel, pending: list[dict], batch_size: int,
                  progress: bool, source: str) -> int:
     bar = _progress(progress, f"embed {source} texts", len(pending), "text")
     total = 0
     for start in range(0, len(pending), TEXT_PART_SIZE):
         chunk = pending[start:start + TEXT_PART_SIZE]
-        total += commit_vectors(builder, part, chunk, _encode_texts(model, [r["text"] for r in chunk], batch_size))
-        part += 1
-        if bar is not None:
-            bar.update(len(chunk))
+        total += writer.raw(chunk, _encode_texts(model, [r["text"] for r in chunk], batch_size, bar))
     if bar is not None:
         bar.close()
     return total
 
 
-def _embed_classes(builder: ArtifactBuilder, part: int, job: Job, model: LoadedModel,
-                   classes: list[sources.ClassPrompts], batch_size: int) -> int:
-    """One row per class: the renormalised mean of its normalised prompt vectors (METHODS §4);
+def _embed_classes(writer: PartWriter, job: Job, model: LoadedModel, classes: list[sources.ClassPrompts],
+                   batch_size: int) -> int:
+    """One row per class: the renormalised mean of its normalised prompt vectors (docs/models.md);
     with per_template, also one row per prompt (modality "prompt"). Returns the rows written."""
     if not classes:
         return 0
@@ -353,11 +504,11 @@ def _embed_classes(builder: ArtifactBuilder, part: int, job: Job, model: LoadedM
         rows += [{"item_id": prompt_item_id(p), "modality": "prompt", "view": 0, "corpus": job.source_name,
                   "sample_id": None, "text": p} for p in prompts]
         vectors.append(unit)
-    return commit_vectors(builder, part, rows, np.concatenate(vectors))
+    return writer.raw(rows, np.concatenate(vectors))
 
 
 def _progress(enabled: bool, desc: str, total: int, unit: str):
     if not enabled:
         return None
     from tqdm import tqdm
-    return tqdm(desc=desc, total=total, unit=f" {unit}", dynamic_ncols=True, leave=False)
+    return tqdm(desc=desc, total=total, unit=f" {unit}", dynamic_ncols=True, leave=False)   # total, rate and ETA

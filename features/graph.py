@@ -1,32 +1,47 @@
-"""The self-kNN graph of an embeddings artifact, materialised once and reused by near-duplicate
-audit, label propagation and optimal transport.
+"""The self-kNN graph of a set of vectors, materialised once and reused by near-duplicate audit,
+label propagation and optimal transport.
+
+The vectors are one embeddings artifact (`build_knn_graph`), or a vector set across several
+(features/vectorset.py: `build_set_graph`, and `build_split_graph` which embeds a split's or
+several corpora's missing items first), so one graph can span RS-ALL's three corpora, or labeled
+RS-ALL with unlabeled RESISC45.
 
 A graph artifact (kind "knn") holds the declared tables
-  - `knn_nodes(artifact_id, row, item_id, corpus, sample_id)`: one row per node, and
+  - `knn_nodes(artifact_id, row, item_id, corpus, sample_id, role, embeddings_id)`: one row per
+    node; `role` is the node's split role (null for a graph over whole artifacts) and
+    `embeddings_id` the artifact its vector came from;
   - `knn_edges(artifact_id, src_row, dst_row, rank, src_id, dst_id, sim, src_sample_id, dst_sample_id)`:
     each node's k nearest other nodes, rank 0 the nearest (sparse: k rows per node).
-Exact by default (`exact=True` in stats). With `method=<FAISS factory>` the neighbours come from
-an index artifact built (or reused) for the same vectors, and the graph's own recall@k against
-exact search is measured and recorded. A node's own row is never its neighbour; k is clamped to
-n - 1; an approximate index that finds fewer than k neighbours leaves those edges out (counted)."""
+Exact by default (`exact=True` in stats). With `method=<FAISS factory>` the neighbors come from
+a FAISS index of the same vectors (for one artifact an index artifact, built or reused), and the
+graph's own recall@k against exact search is measured and recorded. A node's own row is never
+its neighbor; k is clamped to n - 1; an approximate index that finds fewer than k neighbors
+leaves those edges out (counted). `load_knn_graph` reads a graph back as a `KnnGraph` (nodes,
+neighbor rows and similarities as arrays, a scipy.sparse CSR view). See docs/vector-sets.md."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from clipstore.features.index import build_index, load_index, measure_recall, search_others, selected_vectors
+from clipstore.features.index import (build_index, load_index, make_index, measure_recall, search_others,
+                                      selected_vectors)
+from clipstore.features.items import CORPUS_MODALITIES, IMAGE
 from clipstore.features.knn import self_knn
 from clipstore.features.vectors import Embeddings, load_embeddings
-from clipstore.warehouse.errors import ClipstoreError, InputError
+from clipstore.features.vectorset import vector_set
+from clipstore.warehouse.errors import ClipstoreError, InputError, NotFoundError
 from clipstore.warehouse.parquet import commit_part_tables, read_parquet, table_spec
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 
 NODES = pa.schema([
     ("artifact_id", pa.string()), ("row", pa.int64()), ("item_id", pa.string()),
     ("corpus", pa.string()), ("sample_id", pa.string()),
+    ("role", pa.string()),            # the node's split role; null when the graph is not over a split
+    ("embeddings_id", pa.string()),   # the embeddings artifact holding the node's vector
 ])
 EDGES = pa.schema([
     ("artifact_id", pa.string()),   # the graph, so that several graphs share one SQL view
@@ -43,13 +58,9 @@ def build_knn_graph(store: Store, embeddings_ref: str, k: int = 20, *, modality:
                     view: int = 0, method: str = "exact", nprobe: int | None = None,
                     ef_search: int | None = None, recall_queries: int = RECALL_QUERIES, seed: int = 0,
                     wait: bool = False) -> Artifact:
-    """Build (or return, when this recipe exists) the k-nearest-neighbour graph of one modality
+    """Build (or return, when this recipe exists) the k-nearest-neighbor graph of one modality
     and view of an embeddings artifact. `method` is "exact" or a FAISS factory string."""
-    if not isinstance(k, int) or k < 1:
-        raise InputError(f"k must be a positive integer, got {k!r}", fix="e.g. --k 20")
-    if view is None:
-        raise InputError("a kNN graph is over one view (an item's other views would be its nearest neighbours)",
-                         fix="pass view=0 (the plain view) or the number of one augmented view")
+    _check_graph_args(k, view)
     index_art = None
     if method != "exact":  # the index is an artifact of its own: built once, reused, in the lineage
         index_art = build_index(store, embeddings_ref, method, modality=modality, view=view, nprobe=nprobe,
@@ -73,16 +84,178 @@ def build_knn_graph(store: Store, embeddings_ref: str, k: int = 20, *, modality:
                 return done
             k_used = min(k, len(vectors) - 1)
             if index_art is None:
-                neighbours, sims = self_knn(vectors, k_used)
+                neighbors, sims = self_knn(vectors, k_used)
                 quality = {"exact": True, "recall": 1.0}
             else:
-                neighbours, sims, quality = _approximate(store, index_art, vectors, k_used, recall_queries, seed)
-            return _write(builder, items, neighbours, sims, k, k_used, quality)
+                neighbors, sims, quality = _approximate(store, index_art, vectors, k_used, recall_queries, seed)
+            nodes = _nodes(builder.artifact_id, items, [None] * items.num_rows, [emb_id] * items.num_rows)
+            return _write(builder, nodes, neighbors, sims, k, k_used, quality)
 
 
-def load_knn_graph(store: Store, ref: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(node item ids (n,) object array, neighbour rows (n, k) int64, sims (n, k) float32), rows
-    best first; a missing edge (approximate graphs only) is row -1 with similarity -inf."""
+# ---- graphs over vector sets ---------------------------------------------------------------------
+def build_set_graph(store: Store, embeddings: list[str | Artifact], k: int = 20, *, modality: str = IMAGE,
+                    view: int = 0, split: str | None = None, roles: list[str] | None = None,
+                    method: str = "exact", nprobe: int | None = None, ef_search: int | None = None,
+                    recall_queries: int = RECALL_QUERIES, seed: int = 0, name: str | None = None,
+                    wait: bool = False) -> Artifact:
+    """Build (or return, when this recipe exists) the kNN graph over the vector set of these
+    embeddings artifacts (one tower fingerprint), optionally restricted to a split's roles.
+    The recipe pins every artifact's version (and the split's), so new vectors give a new graph."""
+    _check_graph_args(k, view)
+    with store.writing(wait=wait):
+        arts = [store.get(e, kind="embeddings") if isinstance(e, str) else e for e in embeddings]
+        ids = [a.artifact_id for a in arts]
+        split_art = store.current("split", split) if split else None
+        if split and split_art is None:
+            raise NotFoundError(f"no split {split!r} in the store", where=str(store.root),
+                                fix="make it first: clipstore split NAME --corpus A ...")
+        versions = store.versions(ids + ([split_art.artifact_id] if split_art else []))
+        params = {"embeddings": ids, "embeddings_versions": {i: versions[i] for i in ids},
+                  "fingerprint": arts[0].params.get("fingerprint") if arts else None,
+                  "split": split, "split_artifact": split_art.artifact_id if split_art else None,
+                  "split_version": versions[split_art.artifact_id] if split_art else None,
+                  "roles": sorted(roles) if roles else None, "modality": modality, "view": view, "k": k,
+                  "method": method, "nprobe": nprobe, "ef_search": ef_search,
+                  "recall_queries": recall_queries if method != "exact" else None,
+                  "seed": seed if method != "exact" else None}
+        inputs = ids + ([split_art.artifact_id] if split_art else [])
+        builder = store.begin(kind="knn", name=name or _set_graph_name(arts, split, roles, modality, view, k, method),
+                              stage="knn", params=params, inputs=inputs, tables=GRAPH_TABLES, config=params)
+        with builder.failing_on_error():
+            if (done := builder.reuse_if_complete()) is not None:
+                return done
+            vset = vector_set(store, arts, modality=modality, view=view, split=split, roles=roles)
+            if len(vset) < 2:
+                raise InputError(f"a kNN graph needs at least two vectors; the selection has {len(vset)}",
+                                 where=", ".join(ids), fix="embed more items, or widen --role")
+            vectors = vset.matrix()        # one matrix for the search (a copy when the set spans parts)
+            k_used = min(k, len(vset) - 1)
+            if method == "exact":
+                neighbors, sims = self_knn(vectors, k_used)
+                quality = {"exact": True, "recall": 1.0}
+            else:
+                neighbors, sims, quality = _approximate_in_memory(vectors, method, k_used, nprobe, ef_search,
+                                                                  recall_queries, seed)
+            items = vset.items
+            nodes = _nodes(builder.artifact_id, items, items.column("role"), items.column("embeddings_id"))
+            extra = {"corpora": _counts(items.column("corpus").to_pylist()),
+                     "roles": _counts(items.column("role").to_pylist()) if split else None,
+                     "split": split, "fingerprint": vset.fingerprint}
+            return _write(builder, nodes, neighbors, sims, k, k_used, {**quality, **extra})
+
+
+def build_split_graph(store: Store, model, k: int = 20, *, split: str | None = None,
+                      corpora: list[str] | None = None, roles: list[str] | None = None, modality: str = IMAGE,
+                      method: str = "exact", nprobe: int | None = None, ef_search: int | None = None,
+                      seed: int = 0, batch_size: int = 64, workers: int | None = None, wait: bool = False,
+                      progress: bool = True) -> Artifact:
+    """The kNN graph of one model's `modality` vectors over a split's corpora (labeled, unlabeled,
+    val and test; `roles` narrows it) or over whole corpora, embedding what is missing first
+    (each image once per image tower). `model`: a ModelSpec (a checkpoint artifact id too) or a
+    LoadedModel."""
+    from clipstore.features.embed import embed   # embed imports torch workers; only this entry point needs it
+    if not split and not corpora:
+        raise InputError("a graph over corpora needs --split NAME or --corpus NAME (repeatable)",
+                         fix="e.g. clipstore knn --split rs_all --model tiny-vit --k 20")
+    if split and corpora:
+        raise InputError("a graph is over a split (--split) or over whole corpora (--corpus), not both",
+                         fix="drop one; a split over other corpora is made with `clipstore split`")
+    if roles and not split:
+        raise InputError("--role selects roles of a split", fix="add --split NAME")
+    if modality not in CORPUS_MODALITIES:
+        raise InputError(f"a graph over corpora is over images or captions, not {modality}",
+                         fix="use --modality image or caption; a vocabulary's graph: --embeddings ID")
+    arts = embed(store, model=model, corpus=list(corpora or []), split=split, modality=modality,
+                 batch_size=batch_size, workers=workers, wait=wait, progress=progress)
+    model_name = arts[0].stats.get("model") if arts else None
+    scope = split or "+".join(corpora)
+    name = f"{scope}.{modality}.{model_name}.knn{k}" + (f".{'+'.join(sorted(roles))}" if roles else "")
+    if method != "exact":
+        name += f".{method}"
+    return build_set_graph(store, arts, k, modality=modality, split=split, roles=roles, method=method,
+                           nprobe=nprobe, ef_search=ef_search, seed=seed, name=name, wait=wait)
+
+
+def _check_graph_args(k, view) -> None:
+    if not isinstance(k, int) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}", fix="e.g. --k 20")
+    if view is None:
+        raise InputError("a kNN graph is over one view (an item's other views would be its nearest neighbors)",
+                         fix="pass view=0 (the plain view) or the number of one augmented view")
+
+
+def _counts(values: list) -> dict:
+    out: dict = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: str(kv[0])))
+
+
+def _set_graph_name(arts: list[Artifact], split: str | None, roles, modality: str, view: int, k: int,
+                    method: str) -> str:
+    model = (arts[0].stats.get("model") or str(arts[0].params.get("fingerprint"))[:12]) if arts else "none"
+    scope = split or "+".join(str(a.params.get("corpus") or a.name) for a in arts)
+    name = f"{scope}.{modality}.{model}.knn{k}" + (f".{'+'.join(sorted(roles))}" if roles else "")
+    name += f".view{view}" if view else ""
+    return name if method == "exact" else f"{name}.{method}"
+
+
+def _approximate_in_memory(vectors: np.ndarray, method: str, k: int, nprobe, ef_search, recall_queries: int,
+                           seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Neighbors from a FAISS index built here over the set (the set is not one artifact, so the
+    index is not stored); its recall@k against exact search is measured the same way."""
+    built = make_index(vectors, method, nprobe=nprobe, ef_search=ef_search)
+    neighbors, sims = search_others(built.searcher, np.asarray(vectors, dtype=np.float32), np.arange(len(vectors)), k)
+    sims = np.where(neighbors >= 0, sims, -np.inf).astype(np.float32)
+    recall = measure_recall(built.searcher, vectors, k, recall_queries, seed)
+    return neighbors, sims, {"exact": False, "recall": recall["recall"], "recall_detail": recall,
+                             "index": None, "factory": method}
+
+
+# ---- reading a graph back --------------------------------------------------------------------------
+@dataclass
+class KnnGraph:
+    """A kNN graph read back: `nodes` (one row per node, in row order: row, item_id, corpus,
+    sample_id, role, embeddings_id), `neighbors` (n, k) int64 node rows best first (-1: a missing
+    edge of an approximate graph), `sims` (n, k) float32 (-inf where missing)."""
+
+    artifact: Artifact
+    nodes: pa.Table
+    neighbors: np.ndarray
+    sims: np.ndarray
+
+    def __len__(self) -> int:
+        return self.nodes.num_rows
+
+    @property
+    def k(self) -> int:
+        return int(self.neighbors.shape[1])
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.asarray(self.nodes.column("item_id").to_pylist(), dtype=object)
+
+    def row_of(self, item_id: str) -> int | None:
+        hits = np.flatnonzero(self.ids == item_id)
+        return int(hits[0]) if len(hits) else None
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(src rows, dst rows, sims) of the present edges, in (src, rank) order."""
+        src = np.repeat(np.arange(len(self), dtype=np.int64), self.k)
+        dst, sim = self.neighbors.ravel(), self.sims.ravel()
+        keep = dst >= 0
+        return src[keep], dst[keep], sim[keep]
+
+    def csr(self):
+        """The graph as a scipy.sparse CSR matrix (n, n) of similarities: row i holds node i's
+        edges (not symmetrised; `g + g.T` or `g.maximum(g.T)` for an undirected one)."""
+        from scipy.sparse import csr_matrix
+        src, dst, sim = self.edges()
+        return csr_matrix((sim, (src, dst)), shape=(len(self), len(self)), dtype=np.float32)
+
+
+def load_knn_graph(store: Store, ref: str) -> KnnGraph:
+    """A complete kNN graph artifact (id or name) as a KnnGraph."""
     art = store.get(ref, kind="knn")
     if art.kind != "knn":
         raise ClipstoreError(f"{art.artifact_id} is a {art.kind} artifact, not a kNN graph",
@@ -90,16 +263,20 @@ def load_knn_graph(store: Store, ref: str) -> tuple[np.ndarray, np.ndarray, np.n
     if art.status != "complete":
         raise ClipstoreError(f"kNN graph {art.artifact_id} is not complete (its run stopped)",
                              fix="run the same `clipstore knn` command again to finish it")
-    nodes = read_parquet(store.table_paths(art, "knn_nodes"), columns=["row", "item_id"]).sort_by("row")
+    nodes = read_parquet(store.table_paths(art, "knn_nodes"))
+    for f in NODES:   # graphs written before a column existed read it as null
+        if f.name not in nodes.column_names:
+            nodes = nodes.append_column(f, pa.nulls(nodes.num_rows, f.type))
+    nodes = nodes.select([n for n in NODES.names if n != "artifact_id"]).sort_by("row")
     edges = read_parquet(store.table_paths(art, "knn_edges"), columns=["src_row", "dst_row", "rank", "sim"])
     n, k = nodes.num_rows, int(art.stats["k"])
-    neighbours = np.full((n, k), -1, dtype=np.int64)
+    neighbors = np.full((n, k), -1, dtype=np.int64)
     sims = np.full((n, k), -np.inf, dtype=np.float32)
     if edges.num_rows:
         src, rank = edges.column("src_row").to_numpy(), edges.column("rank").to_numpy()
-        neighbours[src, rank] = edges.column("dst_row").to_numpy()
+        neighbors[src, rank] = edges.column("dst_row").to_numpy()
         sims[src, rank] = edges.column("sim").to_numpy()
-    return np.asarray(nodes.column("item_id").to_pylist(), dtype=object), neighbours, sims
+    return KnnGraph(art, nodes, neighbors, sims)
 
 
 def _approximate(store: Store, index_art: Artifact, vectors: np.ndarray, k: int, recall_queries: int,
@@ -110,50 +287,53 @@ def _approximate(store: Store, index_art: Artifact, vectors: np.ndarray, k: int,
                              f"the selection {len(vectors)}",
                              fix="rebuild the index for these embeddings")
     queries = np.asarray(vectors, dtype=np.float32)
-    neighbours, sims = search_others(index, queries, np.arange(len(vectors)), k)
-    sims = np.where(neighbours >= 0, sims, -np.inf).astype(np.float32)
+    neighbors, sims = search_others(index, queries, np.arange(len(vectors)), k)
+    sims = np.where(neighbors >= 0, sims, -np.inf).astype(np.float32)
     recall = measure_recall(index, vectors, k, recall_queries, seed)
-    return neighbours, sims, {"exact": index_art.stats.get("exact", False), "recall": recall["recall"],
+    return neighbors, sims, {"exact": index_art.stats.get("exact", False), "recall": recall["recall"],
                               "recall_detail": recall, "index": index_art.artifact_id,
                               "factory": index_art.stats.get("factory")}
 
 
-def _write(builder: ArtifactBuilder, items: pa.Table, neighbours: np.ndarray, sims: np.ndarray, k_asked: int,
+def _write(builder: ArtifactBuilder, nodes: pa.Table, neighbors: np.ndarray, sims: np.ndarray, k_asked: int,
            k: int, quality: dict) -> Artifact:
-    n = items.num_rows
-    ids, sample_ids = items.column("item_id"), items.column("sample_id")
+    n = nodes.num_rows
+    ids, sample_ids = nodes.column("item_id"), nodes.column("sample_id")
     done = {p for p, _, _ in builder.committed_parts()}  # a killed run's committed parts stay
     for part, start in enumerate(range(0, max(n, 1), NODES_PER_PART)):
         if part in done:
             continue
         stop = min(n, start + NODES_PER_PART)
-        tables = {"knn_edges": (_edges(builder.artifact_id, ids, sample_ids, neighbours[start:stop],
+        tables = {"knn_edges": (_edges(builder.artifact_id, ids, sample_ids, neighbors[start:stop],
                                        sims[start:stop], start), EDGES)}
         if part == 0:
-            tables["knn_nodes"] = (_nodes(builder.artifact_id, items), NODES)
+            tables["knn_nodes"] = (nodes, NODES)
         commit_part_tables(builder, part, tables)
-    missing = int((neighbours < 0).sum())
+    missing = int((neighbors < 0).sum())
     stats = {**quality, "k": k, "k_requested": k_asked, "nodes": n, "edges": n * k - missing,
-             "missing_edges": missing, "sim_mean": float(sims[neighbours >= 0].mean()) if n * k > missing else None}
+             "missing_edges": missing, "sim_mean": float(sims[neighbors >= 0].mean()) if n * k > missing else None}
     builder.write_file("stats.json", json.dumps(stats, indent=1, sort_keys=True))
     counts = {"nodes": n, "edges": n * k - missing}
     return builder.finish(counts, stats, summary={**counts, "k": k, "exact": quality["exact"],
                                                   "recall": quality["recall"]})
 
 
-def _nodes(graph_id: str, items: pa.Table) -> pa.Table:
+def _nodes(graph_id: str, items: pa.Table, roles, embeddings_ids) -> pa.Table:
     n = items.num_rows
     return pa.table({"artifact_id": pa.array([graph_id] * n, pa.string()),
                      "row": pa.array(np.arange(n, dtype=np.int64)), "item_id": items.column("item_id"),
-                     "corpus": items.column("corpus"), "sample_id": items.column("sample_id")}, schema=NODES)
+                     "corpus": items.column("corpus"), "sample_id": items.column("sample_id"),
+                     "role": pa.array(roles, pa.string()) if isinstance(roles, list) else roles,
+                     "embeddings_id": pa.array(embeddings_ids, pa.string()) if isinstance(embeddings_ids, list)
+                     else embeddings_ids}, schema=NODES)
 
 
-def _edges(graph_id: str, ids: pa.ChunkedArray, sample_ids: pa.ChunkedArray, neighbours: np.ndarray,
+def _edges(graph_id: str, ids: pa.ChunkedArray, sample_ids: pa.ChunkedArray, neighbors: np.ndarray,
            sims: np.ndarray, first_row: int) -> pa.Table:
-    rows, k = neighbours.shape
+    rows, k = neighbors.shape
     src = np.repeat(np.arange(first_row, first_row + rows, dtype=np.int64), k)
     rank = np.tile(np.arange(k, dtype=np.int32), rows)
-    dst, sim = neighbours.ravel(), sims.ravel()
+    dst, sim = neighbors.ravel(), sims.ravel()
     keep = dst >= 0
     src, rank, dst, sim = src[keep], rank[keep], dst[keep], sim[keep]
     return pa.table({"artifact_id": pa.array([graph_id] * len(src), pa.string()),

@@ -22,7 +22,7 @@ IMAGE, CAPTION, KEYWORD, CONCEPT, CLASSNAME = "image", "caption", "keyword", "co
 MODALITIES = (IMAGE, CAPTION, KEYWORD, CONCEPT, CLASSNAME)
 CORPUS_MODALITIES = (IMAGE, CAPTION)
 VOCAB_MODALITIES = (KEYWORD, CONCEPT)
-CONCEPT_PROMPT = "a photo includes {}."   # SemiCLIP's concept prompt (METHODS §2)
+CONCEPT_PROMPT = "a photo includes {}."   # SemiCLIP's concept prompt
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Exact k-nearest-neighbour search by inner product: a blocked matrix product and `torch.topk`.
+"""Exact k-nearest-neighbor search by inner product: a blocked matrix product and `torch.topk`.
 
 At clipstore's scale (up to a few million vectors) exact search is cheap, so it is the default
 everywhere and the yardstick that every approximate index is measured against.

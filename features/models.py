@@ -1,62 +1,63 @@
-"""The model registry: which CLIP a run uses, loaded the same way everywhere, with a fingerprint.
+"""The model registry: which CLIP a run uses, loaded the same way everywhere, with per-tower
+fingerprints. Three steps, each usable on its own:
 
-A `ModelSpec` names an open_clip architecture and where its weights come from:
-  - a pretrained tag (`--pretrained laion2b_s34b_b79k`): read from the local open_clip/Hugging Face
-    cache, downloaded only when the user allows it (`allow_download=True`);
-  - a local checkpoint file (`.safetensors`, or a torch file read with `weights_only=True`: never
-    pickle), as a bare state_dict, open_clip's `{"state_dict": ...}` (DDP "module." prefixes too)
-    or clipstore's own format (`make_checkpoint`), which also names its architecture;
-  - a seeded random init: the registered test configs `tiny-vit` and `tiny-rn` (model_configs/),
-    or any architecture with `pretrained="random"` (benchmarks).
+  resolve_weights(spec)         where the weights come from, read into a state_dict:
+      - a pretrained tag (`--pretrained laion2b_s34b_b79k`, features/pretrained.py): the local
+        open_clip/Hugging Face cache, downloaded only with `allow_download=True`;
+      - a local checkpoint file (features/checkpoints.py: `.safetensors`, or a torch file read
+        weights-only, never pickle), or a registered checkpoint artifact (checkpoint_artifacts.py);
+      - a seeded random init: the test configs `tiny-vit` / `tiny-rn` (model_configs/), or any
+        architecture with `pretrained="random"` (benchmarks).
+  build_model(spec, train=...)  the open_clip model with those weights: `train=False` (what
+      `load_model` returns) is eval mode, no gradients, the eval transform; `train=True` is train
+      mode with requires_grad and open_clip's train transform, for the trainer.
+  identity (features/identity.py) fingerprints each tower: image caches key on the image tower,
+      text caches on the text tower, and `fingerprint` covers the whole model.
 
-The fingerprint is SHA-256 over the architecture config, the SHA-256 of the weights (the
-state_dict's tensors in key order, so the same weights hash alike in any file format), the
-preprocessing config, the tokenizer and the precision. Embedding caches key on it: a changed
-checkpoint or preprocessing gives a new fingerprint, and nothing else does."""
+See docs/models.md."""
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
-import json
 import logging
 import os
-import pickle
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import open_clip
 import torch
-from open_clip.tokenizer import SimpleTokenizer, default_bpe
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
-from clipstore.warehouse.errors import ClipstoreError, InputError, NotFoundError
-from clipstore.warehouse.hashing import canonical_json
+from clipstore.features.checkpoints import (CHECKPOINT_FORMAT, make_checkpoint, read_checkpoint,  # noqa: F401
+                                            save_checkpoint)
+from clipstore.features.identity import (IMAGE_TOWER, TEXT_TOWER, fingerprint, jsonable, tokenizer_identity,
+                                         tower_identities, weight_digests, weights_sha256)  # noqa: F401
+from clipstore.features.pretrained import pretrained_weights
+from clipstore.features.tokenizers import load_tokenizer
+from clipstore.warehouse.errors import ClipstoreError, InputError
 
 CONFIG_DIR = Path(__file__).with_name("model_configs")
 TEST_MODELS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))   # random init, seeded
 RANDOM = "random"                       # pretrained="random": a seeded random init of any architecture
 PRECISIONS = ("fp32", "fp16", "bf16")
-CHECKPOINT_FORMAT = "clipstore.checkpoint.v1"
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")   # DistributedDataParallel, torch.compile
+NAME_DIGEST_CHARS = 12                  # a checkpoint's name: <arch>@<first characters of its weights digest>
 
 open_clip.add_model_config(CONFIG_DIR)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the user asked for; `load_model` turns it into a `LoadedModel`.
+    """What the user asked for; `load_model` / `build_model` turn it into a `LoadedModel`.
 
     model: open_clip architecture (`ViT-B-32`, `RN50`, `tiny-vit`); may be None when `checkpoint`
-        is a clipstore checkpoint, which names its architecture.
+        is a clipstore checkpoint, which names its architecture. A checkpoint artifact's id or
+        name is accepted here too, once resolved against a store (`resolve_model_spec`).
     pretrained: an open_clip pretrained tag, or "random" for a seeded random init.
     checkpoint: a local weights file (.safetensors, .pt/.pth/.bin read weights-only).
-    allow_download: fetch a pretrained tag's weights when they are not cached locally.
+    allow_download: fetch a pretrained tag's weights (or a Hugging Face tokenizer) when not cached.
     precision: fp32 | fp16 | bf16 (autocast dtype); None = bf16 on CUDA, fp32 on CPU.
     device: torch device string; None = cuda when available, else cpu.
     preprocess: overrides of open_clip's preprocessing (mean, std, interpolation, resize_mode, fill_color).
@@ -71,18 +72,24 @@ class ModelSpec:
     preprocess: dict | None = field(default=None, hash=False)
     seed: int = 0
 
-    @property
-    def label(self) -> str:
-        """Short and stable: `tiny-vit`, `ViT-B-32@laion2b_s34b_b79k`, `tiny-vit@round3` (a checkpoint's stem)."""
-        arch = self.model or "checkpoint"
-        if self.checkpoint is not None:
-            return f"{arch}@{Path(self.checkpoint).stem}"
-        return f"{arch}@{self.pretrained}" if self.pretrained else arch
+
+@dataclass
+class Weights:
+    """Resolved weights: the architecture, its state_dict (None = the seeded random init) and
+    what the source says about preprocessing."""
+
+    arch: str
+    state: dict[str, torch.Tensor] | None
+    source: str | None                  # the weights file, None for a random init
+    preprocess: dict                    # overrides from the pretrained config / checkpoint / spec
+    quick_gelu: bool = False
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to embed: eval mode on its device, with its eval preprocess and tokenizer."""
+    """A model with its preprocess, tokenizer and identity. `train=False`: eval mode on its device,
+    no gradients, the eval preprocess (what embedding uses); `train=True`: train mode,
+    requires_grad, open_clip's train transform."""
 
     spec: ModelSpec
     arch: str
@@ -91,13 +98,26 @@ class LoadedModel:
     tokenizer: Callable             # list[str] -> int tensor (n, context_length)
     device: torch.device
     precision: str
-    identity: dict                  # everything the fingerprint covers, readable
-    fingerprint: str
+    identity: dict                  # everything the fingerprints cover, readable; "towers" per tower
+    fingerprint: str                # the whole model
+    tower_fingerprints: dict = field(default_factory=dict)   # "image" / "text" -> fingerprint
+    train: bool = False
+
+    @property
+    def image_fingerprint(self) -> str:
+        return self.tower_fingerprints[IMAGE_TOWER]
+
+    @property
+    def text_fingerprint(self) -> str:
+        return self.tower_fingerprints[TEXT_TOWER]
 
     @property
     def name(self) -> str:
-        """The model's part of artifact names: the spec's label, with the architecture filled in."""
-        return replace(self.spec, model=self.arch).label
+        """The model's part of artifact names, stable and short: `tiny-vit`, `ViT-B-32@openai`,
+        `tiny-vit@3f2a9c41d0b7` (a checkpoint, by the digest of its weights, not its file name)."""
+        if self.spec.checkpoint is not None:
+            return f"{self.arch}@{self.identity['weights_sha256'][:NAME_DIGEST_CHARS]}"
+        return f"{self.arch}@{self.spec.pretrained}" if self.spec.pretrained else self.arch
 
     @property
     def embed_dim(self) -> int:
@@ -127,94 +147,7 @@ class LoadedModel:
         return features.float().cpu()
 
 
-# ---- checkpoints ---------------------------------------------------------------------------
-def make_checkpoint(state_dict: dict, config: dict, **extra) -> dict:
-    """clipstore's checkpoint format (the trainer writes it): {"format", "model": state_dict,
-    "config": {"model": architecture, ...optional "preprocess": {...}}, **extra (optimiser, step, ...)}.
-    Save it with `save_checkpoint` or torch.save; it loads with weights_only=True as long as the
-    extras are tensors, numbers, strings, lists and dicts."""
-    if not isinstance(config, dict) or not config.get("model"):
-        raise ClipstoreError("a clipstore checkpoint's config must name its architecture",
-                             fix='pass config={"model": "ViT-B-32", ...}')
-    return {"format": CHECKPOINT_FORMAT, "model": dict(state_dict), "config": dict(config), **extra}
-
-
-def save_checkpoint(path: str | Path, state_dict: dict, config: dict, **extra) -> Path:
-    """Write a clipstore checkpoint: `.safetensors` (weights + config as metadata, no extras) or
-    a torch file. Written to a temp file and renamed, so a reader never sees half a checkpoint."""
-    path = Path(path)
-    payload = make_checkpoint(state_dict, config, **extra)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if path.suffix == ".safetensors":
-        if extra:
-            raise ClipstoreError("a .safetensors checkpoint holds weights and config only",
-                                 fix=f"save optimiser state etc. in a torch file (.pt); extras: {sorted(extra)}")
-        from safetensors.torch import save_file
-        tensors = {k: v.detach().contiguous().cpu() for k, v in payload["model"].items()}
-        save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT,
-                                               "config": json.dumps(payload["config"], sort_keys=True)})
-    else:
-        torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """(state_dict, clipstore config or None) from a checkpoint file, never running pickle."""
-    path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"checkpoint {path} does not exist", fix="pass the path of a .safetensors/.pt file")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ClipstoreError(
-            f"checkpoint {path.name} holds Python objects besides tensors; clipstore loads weights only "
-            "and never runs pickle", where=f"{path}: {str(exc).splitlines()[0][:300]}",
-            fix="re-save just the weights: torch.save(model.state_dict(), 'weights.pt'), or safetensors") from None
-    except Exception as exc:   # truncated zip, not a torch file at all, ...
-        raise InputError(f"cannot read checkpoint {path.name}: {str(exc).splitlines()[0][:300]}", where=str(path),
-                         fix="check the file is a complete torch (.pt/.pth/.bin) or .safetensors checkpoint") from None
-    return _unwrap(payload, path)
-
-
-def _read_safetensors(path: Path) -> tuple[dict, dict | None]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        state = load_file(str(path))
-    except Exception as exc:
-        raise InputError(f"cannot read safetensors checkpoint {path.name}: {str(exc).splitlines()[0][:300]}",
-                         where=str(path), fix="check the file is a complete .safetensors file") from None
-    config = json.loads(metadata["config"]) if metadata.get("format") == CHECKPOINT_FORMAT else None
-    return _strip_prefixes(state), config
-
-
-def _unwrap(payload, path: Path) -> tuple[dict, dict | None]:
-    config = None
-    if isinstance(payload, dict) and isinstance(payload.get("model"), dict) and isinstance(payload.get("config"), dict):
-        state, config = payload["model"], payload["config"]            # clipstore
-    elif isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
-        state = payload["state_dict"]                                   # open_clip's trainer
-    else:
-        state = payload                                                 # a bare state_dict
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        keys = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
-        raise InputError(f"no state_dict in checkpoint {path.name} (top-level: {keys})", where=str(path),
-                         fix='expected a state_dict, {"state_dict": ...} or a clipstore checkpoint {"model", "config"}')
-    return _strip_prefixes(state), config
-
-
-def _strip_prefixes(state: dict) -> dict:
-    for prefix in _WRAPPER_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
+# ---- fitting weights to the architecture ------------------------------------------------
 def _check_compatible(model: torch.nn.Module, state: dict, arch: str, source: str) -> dict:
     """The state_dict, fitted to the model (open_clip's scalar/1-d logit_scale); else a clear error
     naming the first offending keys."""
@@ -238,95 +171,6 @@ def _check_compatible(model: torch.nn.Module, state: dict, arch: str, source: st
         raise InputError(f"the weights do not fit architecture {arch}: " + ", ".join(found), where=source,
                          fix="pass the --model the checkpoint was trained with")
     return state
-
-
-# ---- pretrained tags -------------------------------------------------------------------------
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def _cached_pretrained(cfg: dict) -> str | None:
-    """The local file of a pretrained tag when a previous download left it in the cache."""
-    if cfg.get("file"):
-        return cfg["file"] if os.path.isfile(cfg["file"]) else None
-    if cfg.get("hf_hub"):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            return None
-        repo, filename = os.path.split(cfg["hf_hub"])
-        if not filename:   # "org/repo/" means the repo's default file
-            repo, filename = repo.rstrip("/"), "open_clip_pytorch_model.bin"
-        stem = filename.rsplit(".", 1)[0]
-        for name in (f"{stem}.safetensors", "open_clip_model.safetensors", filename):   # open_clip prefers these
-            hit = try_to_load_from_cache(repo, name)
-            if isinstance(hit, str):
-                return hit
-    if cfg.get("url"):
-        local = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"])
-        if local.is_file():
-            return str(local)
-    return None
-
-
-def _pretrained_weights(arch: str, tag: str, allow_download: bool) -> tuple[str, dict]:
-    """(local weights file, pretrained config) of an open_clip tag; downloads only when allowed."""
-    cfg = open_clip.get_pretrained_cfg(arch, tag)
-    if not cfg:
-        tags = open_clip.list_pretrained_tags_by_model(arch)
-        raise InputError(f"{arch} has no pretrained tag {tag!r}",
-                         fix=(f"use one of: {', '.join(tags)}" if tags else f"open_clip has no pretrained {arch}")
-                         + "; or pass --checkpoint FILE")
-    cached = _cached_pretrained(cfg)
-    if cached:
-        return cached, cfg
-    how = "pass --checkpoint FILE with weights you downloaded elsewhere"
-    if not allow_download:
-        raise ClipstoreError(f"the weights of {arch} ({tag}) are not on this machine, and downloading is off",
-                             fix=f"add --allow-download where the network allows it, or {how}")
-    if _offline() and not cfg.get("hf_hub"):
-        raise ClipstoreError(f"cannot download {arch} ({tag}): HF_HUB_OFFLINE is set", fix=f"unset it, or {how}")
-    try:
-        path = open_clip.download_pretrained(cfg)
-    except Exception as exc:   # no network, offline mode, hub errors: all end the same way for the user
-        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        offline = " (HF_HUB_OFFLINE is set)" if _offline() else ""
-        raise ClipstoreError(f"could not download the weights of {arch} ({tag}){offline}: {detail}",
-                             fix=f"check the network, or {how}") from None
-    if not path or not os.path.isfile(path):
-        raise ClipstoreError(f"open_clip returned no weights file for {arch} ({tag})", fix=how)
-    return path, cfg
-
-
-# ---- identity ---------------------------------------------------------------------------------
-def weights_sha256(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over (key, dtype, shape, bytes) of every tensor, in key order."""
-    h = hashlib.sha256()
-    for key, tensor in state.items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{key}\0{str(t.dtype)}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
-_WEIGHT_DIGESTS: dict[tuple, str] = {}  # (source, stat) -> weights digest: loading a model again hashes nothing
-
-
-@lru_cache(maxsize=None)
-def _file_sha256(path: str) -> str:
-    from clipstore.warehouse.hashing import file_sha256
-    return file_sha256(path)
-
-
-def tokenizer_identity(tokenizer) -> dict:
-    ident = {"class": type(tokenizer).__name__, "context_length": getattr(tokenizer, "context_length", None)}
-    if isinstance(tokenizer, SimpleTokenizer):
-        ident.update(vocab_size=tokenizer.vocab_size, vocab_sha256=_file_sha256(default_bpe()),
-                     clean=getattr(tokenizer.clean_fn, "__name__", str(tokenizer.clean_fn)),
-                     reduction=getattr(tokenizer.reduction_fn, "__name__", None))
-    else:
-        ident["name"] = getattr(tokenizer, "tokenizer_name", None) or repr(tokenizer)[:200]
-    return ident
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -373,19 +217,26 @@ def _quiet_open_clip():
         logging.disable(previous)
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
-    """Build the model a spec names, load its weights, fingerprint it; raises ClipstoreError with a
-    fix for anything the user can correct (unknown name, missing weights, mismatched checkpoint)."""
+def _check_finite(state: dict, source: str) -> None:
+    """NaN/Inf weights (a diverged run's checkpoint) would embed into NaN vectors: refuse them."""
+    bad = [(k, int((~torch.isfinite(v)).sum())) for k, v in state.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        listed = ", ".join(f"{k} ({n} of {state[k].numel()})" for k, n in bad[:3])
+        raise InputError(f"the weights hold NaN or infinite values in {len(bad)} tensor(s): {listed}", where=source,
+                         fix="use a checkpoint from before training diverged")
+
+
+def resolve_weights(spec: ModelSpec) -> Weights:
+    """The architecture and weights a spec names, read (not yet loaded into a model); raises
+    ClipstoreError with a fix for anything the user can correct."""
     if spec.pretrained and spec.checkpoint:
         raise InputError("pass either --pretrained or --checkpoint, not both")
-    device = _resolve_device(spec)
-    precision = _resolve_precision(spec, device)
-    state, weights_source, ckpt_config, pretrained_cfg = None, None, None, {}
-
+    state, source, ckpt_config, pretrained_cfg = None, None, None, {}
     if spec.checkpoint is not None:
         path = Path(spec.checkpoint).resolve()
         state, ckpt_config = read_checkpoint(path)
-        weights_source = str(path)
+        source = str(path)
         trained_as = (ckpt_config or {}).get("model")
         if spec.model and trained_as and spec.model != trained_as:
             raise InputError(f"the checkpoint was trained as {trained_as}, not {spec.model}", where=str(path),
@@ -395,65 +246,84 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         arch = _check_arch(spec.model)
         if spec.pretrained and spec.pretrained != RANDOM:
             if os.path.isfile(spec.pretrained):   # open_clip accepts a path as `pretrained`: treat it as a checkpoint
-                return load_model(replace(spec, pretrained=None, checkpoint=spec.pretrained))
-            weights_source, pretrained_cfg = _pretrained_weights(arch, spec.pretrained, spec.allow_download)
-            state, _ = read_checkpoint(weights_source)
+                return resolve_weights(replace(spec, pretrained=None, checkpoint=spec.pretrained))
+            source, pretrained_cfg = pretrained_weights(arch, spec.pretrained, spec.allow_download)
+            state, _ = read_checkpoint(source)
         elif not spec.pretrained and arch not in TEST_MODELS:
             raise ClipstoreError(
                 f"{arch} needs weights: none were given", fix=f"pass --pretrained TAG (tags: "
                 f"{', '.join(open_clip.list_pretrained_tags_by_model(arch)[:6]) or 'none'}) with --allow-download "
                 "where the network allows, or --checkpoint FILE; `--pretrained random` gives a seeded random init")
-
-    preprocess_overrides = {k: v for k, v in pretrained_cfg.items() if k in _PREPROCESS_KEYS}
-    preprocess_overrides.update((ckpt_config or {}).get("preprocess") or {})
-    preprocess_overrides.update(spec.preprocess or {})
-    unknown = sorted(set(preprocess_overrides) - set(_PREPROCESS_KEYS))
+    if state is not None:
+        _check_finite(state, source)
+    overrides = {k: v for k, v in pretrained_cfg.items() if k in _PREPROCESS_KEYS}
+    overrides.update((ckpt_config or {}).get("preprocess") or {})
+    overrides.update(spec.preprocess or {})
+    unknown = sorted(set(overrides) - set(_PREPROCESS_KEYS))
     if unknown:
         raise InputError(f"unknown preprocessing option(s) {unknown}", fix=f"use {', '.join(_PREPROCESS_KEYS)}")
-    quick_gelu = bool(pretrained_cfg.get("quick_gelu", False))
+    return Weights(arch, state, source, overrides, bool(pretrained_cfg.get("quick_gelu", False)))
 
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """The eval-mode model a spec names (what embedding uses): `build_model(spec, train=False)`."""
+    return build_model(spec, train=False)
+
+
+def build_model(spec: ModelSpec, train: bool = False) -> LoadedModel:
+    """Build the model a spec names with its weights and identity. `train=True`: train mode,
+    requires_grad on every parameter, open_clip's train transform; else eval mode, frozen, the
+    eval transform. The fingerprints are the same either way (they describe the weights)."""
+    device = _resolve_device(spec)
+    precision = _resolve_precision(spec, device)
+    weights = resolve_weights(spec)
+    arch = weights.arch
+    tokenizer = load_tokenizer(arch, spec.allow_download)   # before the (slow) build: a missing package fails fast
     with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)   # the random init is part of the weights: seed it, leave the caller's RNG alone
         try:
             model = open_clip.create_model(arch, pretrained=None, precision="fp32", device="cpu",
-                                           force_quick_gelu=quick_gelu,
-                                           force_preprocess_cfg=preprocess_overrides or None)
+                                           force_quick_gelu=weights.quick_gelu,
+                                           force_preprocess_cfg=weights.preprocess or None)
         except (AssertionError, ValueError, KeyError) as exc:
-            raise InputError(f"open_clip cannot build {arch} with preprocessing {preprocess_overrides}: {exc}",
+            raise InputError(f"open_clip cannot build {arch} with preprocessing {weights.preprocess}: {exc}",
                              fix="check the preprocessing options") from None
-    if state is not None:
-        model.load_state_dict(_check_compatible(model, state, arch, weights_source), strict=True)
-        del state
+    if weights.state is not None:
+        model.load_state_dict(_check_compatible(model, weights.state, arch, weights.source), strict=True)
+        weights.state = None
 
     config = open_clip.get_model_config(arch)
-    if quick_gelu:
+    if weights.quick_gelu:
         config["quick_gelu"] = True
     preprocess_cfg = dict(model.visual.preprocess_cfg)
     try:
-        preprocess = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
+        preprocess = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=train)
     except (AssertionError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"invalid preprocessing {preprocess_overrides}: {exc}",
+        raise InputError(f"invalid preprocessing {weights.preprocess}: {exc}",
                          fix="check mean/std (3 floats), interpolation (bicubic, bilinear, nearest) "
                              "and resize_mode (shortest, longest, squash)") from None
-    tokenizer = _tokenizer(arch)
-    identity = {"arch": arch, "config": config,
-                "weights_sha256": _weights_digest(model, weights_source, arch, spec.seed),
-                "preprocess": _jsonable(preprocess_cfg), "tokenizer": tokenizer_identity(tokenizer),
-                "precision": precision}
-    fingerprint = hashlib.sha256(canonical_json(identity).encode()).hexdigest()
-    identity["weights_source"] = weights_source or f"random init, seed {spec.seed}"  # shown, not hashed
-    model.to(device).eval().requires_grad_(False)
+    digests = _weight_digests(model, weights.source, arch, spec.seed)
+    tok = tokenizer_identity(tokenizer)
+    identity = {"arch": arch, "config": config, "weights_sha256": digests["model"],
+                "preprocess": jsonable(preprocess_cfg), "tokenizer": tok, "precision": precision}
+    whole = fingerprint(identity)
+    towers = tower_identities(config, digests, preprocess_cfg, tok, precision)
+    identity["towers"] = towers                                                          # shown, hashed per tower
+    identity["weights_source"] = weights.source or f"random init, seed {spec.seed}"      # shown, not hashed
+    model.to(device)
+    if train:
+        model.train().requires_grad_(True)
+    else:
+        model.eval().requires_grad_(False)
     return LoadedModel(spec=spec, arch=arch, model=model, preprocess=preprocess, tokenizer=tokenizer,
-                       device=device, precision=precision, identity=identity, fingerprint=fingerprint)
+                       device=device, precision=precision, identity=identity, fingerprint=whole,
+                       tower_fingerprints={t: fingerprint(i) for t, i in towers.items()}, train=train)
 
 
-@lru_cache(maxsize=8)
-def _tokenizer(arch: str):
-    """Building the BPE tables takes a while; a tokenizer holds no per-call state worth isolating."""
-    return open_clip.get_tokenizer(arch)
+_WEIGHT_DIGESTS: dict[tuple, dict] = {}  # (source, stat) -> digests: loading a model again hashes nothing
 
 
-def _weights_digest(model: torch.nn.Module, source: str | None, arch: str, seed: int) -> str:
+def _weight_digests(model: torch.nn.Module, source: str | None, arch: str, seed: int) -> dict[str, str]:
     """Hash the loaded weights once per file version (or random init) per process."""
     if source is None:
         key: tuple = ("random", arch, seed, torch.__version__)
@@ -461,15 +331,5 @@ def _weights_digest(model: torch.nn.Module, source: str | None, arch: str, seed:
         st = os.stat(source)
         key = ("file", arch, source, st.st_size, st.st_mtime_ns)
     if key not in _WEIGHT_DIGESTS:
-        _WEIGHT_DIGESTS[key] = weights_sha256(model.state_dict())
+        _WEIGHT_DIGESTS[key] = weight_digests(model.state_dict())
     return _WEIGHT_DIGESTS[key]
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -1,17 +1,19 @@
 """`clipstore neighbors SAMPLE_ID`: the images and captions nearest to one sample's image.
 
 The sample's image is looked up in the current image embeddings artifacts (view 0). Its nearest
-images are searched over every current image embeddings artifact of the same model fingerprint
-(so corpora embedded separately are searched together), its nearest captions over every caption
-embeddings artifact of that fingerprint. Search is exact (features/knn.py)."""
+images are searched over the vector set of every current image embeddings artifact of the same
+image-tower fingerprint (so corpora embedded separately are searched together, each image once),
+its nearest captions over the caption embeddings of the same model's text tower. Search is exact
+(features/knn.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
+from clipstore.features.checkpoint_artifacts import find_checkpoint
 from clipstore.features.knn import exact_knn
-from clipstore.features.vectors import Embeddings, load_embeddings
+from clipstore.features.models import NAME_DIGEST_CHARS
+from clipstore.features.vectorset import VectorSet, vector_set
 from clipstore.warehouse.errors import InputError, NotFoundError
 from clipstore.warehouse.sql import Session
 from clipstore.warehouse.store import Artifact, Store
@@ -19,39 +21,44 @@ from clipstore.warehouse.store import Artifact, Store
 
 def neighbors(store: Store, sample_id: str, k: int = 5, *, model: str | None = None) -> dict:
     """The k nearest images (sample_id, corpus, class, similarity) and k nearest captions (text,
-    similarity) of one sample's image; `model` (a model spec or fingerprint prefix) picks among
-    several embeddings of that image, otherwise the newest is used."""
+    similarity) of one sample's image; `model` (a model name, a fingerprint prefix or a checkpoint
+    artifact) picks among several embeddings of that image, otherwise the newest is used."""
     if not isinstance(k, int) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}", fix="e.g. --k 5")
+    model = _model_name(store, model)
     with Session(store) as session:
         sample = _sample(session, sample_id)
-        image_sets = _embeddings_of(store, "image", model)
-        owners = [e for e in image_sets if e.row_of(sample["image_id"]) is not None]
+        image_arts = _embeddings_of(store, "image", model)
+        owners = [a for a in image_arts if vector_set(store, [a]).row_of(sample["image_id"]) is not None]
         if not owners:
-            raise NotFoundError(_not_embedded_message(sample, model, bool(image_sets)), where=str(store.root),
+            raise NotFoundError(_not_embedded_message(sample, model, bool(image_arts)), where=str(store.root),
                                 fix=f"embed its images: `clipstore embed --model {model or 'SPEC'} "
                                     f"--corpus {sample['corpus']}`")
         chosen = owners[-1]                                   # the newest
-        fingerprint = chosen.artifact.params.get("fingerprint")
-        query = np.asarray(chosen.vectors[chosen.row_of(sample["image_id"])], dtype=np.float32)[None]
-        same_model = [e for e in image_sets if e.artifact.params.get("fingerprint") == fingerprint]
+        fingerprint = chosen.params.get("fingerprint")
+        same_model = [a for a in image_arts if a.params.get("fingerprint") == fingerprint]
+        images_set = vector_set(store, same_model)            # every corpus this image tower embedded
+        own = images_set.row_of(sample["image_id"])
+        query = np.asarray(images_set.take([own]), dtype=np.float32)
         images = [{"sample_id": r["sample_id"], "corpus": r["corpus"], "image_id": r["item_id"],
-                   "similarity": r["similarity"]} for r in _nearest(query, same_model, k, exclude=sample["image_id"])]
+                   "similarity": r["similarity"]} for r in _nearest(query, images_set, k, own_row=own)]
         known = _sample_info(session, [r["sample_id"] for r in images])
         for r in images:
             r["class"], r["source_key"] = known.get(r["sample_id"], (None, None))
-        caption_sets = _embeddings_of(store, "caption", fingerprint=fingerprint) if fingerprint else []
-        captions = _distinct_texts(_nearest(query, caption_sets, 10 * k), k, sample_id)
-    notes = [f"also embedded by {_model_label(e.artifact)} ({e.artifact.artifact_id}): pass --model to use it"
-             for e in owners if e.artifact.params.get("fingerprint") != fingerprint]
-    if not caption_sets:
+        text_fingerprint = _text_fingerprint(chosen)
+        caption_arts = _embeddings_of(store, "caption", fingerprint=text_fingerprint) if text_fingerprint else []
+        captions = (_distinct_texts(_nearest(query, vector_set(store, caption_arts, modality="caption"), 10 * k),
+                                    k, sample_id) if caption_arts else [])
+    notes = [f"also embedded by {_model_label(a)} ({a.artifact_id}): pass --model to use it"
+             for a in owners if a.params.get("fingerprint") != fingerprint]
+    if not caption_arts:
         notes.append(f"no caption embeddings for this model: `clipstore embed --model "
-                     f"{chosen.artifact.params.get('model') or 'SPEC'} --corpus {sample['corpus']}` with captions "
+                     f"{chosen.stats.get('model') or 'SPEC'} --corpus {sample['corpus']}` with captions "
                      "gives them")
     return {"sample_id": sample_id, "corpus": sample["corpus"], "image_id": sample["image_id"],
-            "class": sample["class"], "split": sample["split"], "model": chosen.artifact.params.get("model"),
-            "fingerprint": fingerprint, "embeddings": [e.artifact.artifact_id for e in same_model],
-            "caption_embeddings": [e.artifact.artifact_id for e in caption_sets],
+            "class": sample["class"], "split": sample["split"], "model": chosen.stats.get("model"),
+            "fingerprint": fingerprint, "embeddings": [a.artifact_id for a in same_model],
+            "caption_embeddings": [a.artifact_id for a in caption_arts],
             "images": images, "captions": captions, "notes": notes}
 
 
@@ -98,23 +105,10 @@ def _sample_info(session: Session, sample_ids: list[str]) -> dict[str, tuple[str
     return {r["sample_id"]: (r["class"], r["source_key"]) for r in rows.to_pylist()}
 
 
-class _Set:
-    """One embeddings artifact restricted to one modality, view 0."""
-
-    def __init__(self, emb: Embeddings, modality: str):
-        self.artifact: Artifact = emb.artifact
-        self.items, self.vectors = emb.select(modality=modality, view=0)
-        self.ids = self.items.column("item_id").to_pylist()
-        self._rows = {item: i for i, item in enumerate(self.ids)}
-
-    def row_of(self, item_id: str) -> int | None:
-        return self._rows.get(item_id)
-
-
 def _embeddings_of(store: Store, modality: str, model: str | None = None,
-                   fingerprint: str | None = None) -> list[_Set]:
-    """Current embeddings artifacts holding `modality`, oldest first, optionally of one model
-    (spec or fingerprint prefix) or exactly one fingerprint."""
+                   fingerprint: str | None = None) -> list[Artifact]:
+    """Current embeddings artifacts of `modality` with vectors, oldest first, optionally of one
+    model (name or fingerprint prefix) or exactly one tower fingerprint."""
     out = []
     for art in sorted(store.current_all("embeddings"), key=lambda a: (a.created_at, a.artifact_id)):
         declared = art.params.get("modality")
@@ -124,30 +118,41 @@ def _embeddings_of(store: Store, modality: str, model: str | None = None,
             continue
         if fingerprint is not None and art.params.get("fingerprint") != fingerprint:
             continue
-        s = _Set(load_embeddings(store, art.artifact_id), modality)
-        if s.items.num_rows:
-            out.append(s)
+        if len(vector_set(store, [art], modality=modality)):
+            out.append(art)
     return out
 
 
+def _model_name(store: Store, model: str | None) -> str | None:
+    """A checkpoint artifact (id or name) stands for the model its weights make: `arch@digest`."""
+    if model is None:
+        return None
+    art = find_checkpoint(store, model)
+    if art is None:
+        return model
+    return f"{art.stats.get('arch')}@{str(art.stats.get('weights_sha256'))[:NAME_DIGEST_CHARS]}"
+
+
+def _text_fingerprint(image_art: Artifact) -> str | None:
+    """The text tower of the model that made these image embeddings (caches made before the
+    towers were fingerprinted apart share one whole-model fingerprint)."""
+    towers = image_art.stats.get("tower_fingerprints") or {}
+    return towers.get("text") or image_art.params.get("fingerprint")
+
+
 def _matches(art: Artifact, model: str) -> bool:
-    return art.params.get("model") == model or str(art.params.get("fingerprint") or "").startswith(model)
+    return model in (art.stats.get("model"), art.params.get("model")) or any(
+        str(art.params.get(key) or art.stats.get(key) or "").startswith(model)
+        for key in ("fingerprint", "model_fingerprint"))
 
 
-def _nearest(query: np.ndarray, sets: list[_Set], k: int, exclude: str | None = None) -> list[dict]:
-    """Exact top-k over several sets; an item present in several sets counts once."""
-    seen: set[str] = {exclude} if exclude else set()
-    tables, blocks = [], []
-    for s in sets:
-        keep = [i for i, item in enumerate(s.ids) if not (item in seen or seen.add(item))]
-        if keep:
-            tables.append(s.items.take(pa.array(keep)))
-            blocks.append(np.asarray(s.vectors[keep], dtype=np.float32))
-    if not blocks:
+def _nearest(query: np.ndarray, vset: VectorSet, k: int, own_row: int | None = None) -> list[dict]:
+    """Exact top-k of one query over a vector set (each item once), its own row left out."""
+    if not len(vset):
         return []
-    items = pa.concat_tables(tables)
-    rows, sims = exact_knn(query, np.concatenate(blocks), k)
-    columns = {c: items.column(c).to_pylist() for c in ("item_id", "sample_id", "corpus", "text")}
+    self_rows = None if own_row is None else np.asarray([own_row])
+    rows, sims = exact_knn(query, vset.matrix(), k, self_rows=self_rows)
+    columns = {c: vset.items.column(c).to_pylist() for c in ("item_id", "sample_id", "corpus", "text")}
     return [{"item_id": columns["item_id"][r], "sample_id": columns["sample_id"][r], "corpus": columns["corpus"][r],
              "text": columns["text"][r], "similarity": float(s)} for r, s in zip(rows[0].tolist(), sims[0].tolist())]
 
@@ -169,12 +174,13 @@ def _distinct_texts(found: list[dict], k: int, sample_id: str) -> list[dict]:
 
 
 def _model_label(art: Artifact) -> str:
-    return str(art.params.get("model") or (art.params.get("fingerprint") or "an unnamed model")[:16])
+    named = art.stats.get("model") or art.params.get("model")
+    return str(named or (art.params.get("fingerprint") or "an unnamed model")[:16])
 
 
 def _not_embedded_message(sample: dict, model: str | None, any_embeddings: bool) -> str:
     what = f"with model {model!r} " if model else ""
     if not any_embeddings:
         return (f"no image embeddings {what}in the store, so sample {sample['sample_id']!r} "
-                f"({sample['corpus']}) has no neighbours yet")
+                f"({sample['corpus']}) has no neighbors yet")
     return f"the image of sample {sample['sample_id']!r} ({sample['corpus']}) is not embedded {what}yet"

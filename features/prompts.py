@@ -1,7 +1,7 @@
 """Class-prompt template sets for class-name embeddings (zero-shot classifiers, ReCLIP anchors).
 
 A class's vector is the renormalised mean of its normalised prompt embeddings, one prompt per
-template (METHODS §4). A set is named (`default`, `aerial`, `openai`) or read from a text file
+template (prompt ensembling, as in CLIP). A set is named (`default`, `aerial`, `openai`) or read from a text file
 with one template per line; its digest (over the templates themselves) goes into the recipe and
 into each class's item id, so editing a set never reuses stale vectors."""
 

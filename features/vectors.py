@@ -4,23 +4,27 @@ vectors (embed) and every stage that reads them (index, knn, pseudo-labels, trai
 An embeddings artifact holds, per committed part:
   - `embedding_items/<part>.parquet`: one row per vector (declared table, a SQL view), and
   - `vectors/<part>.npy`: float16, shape (rows, dim), L2-normalised; row i <-> items row i.
-The norm before normalisation is kept in the items table. Readers memory-map the .npy files, so
-opening a cache copies nothing; `matrix()` concatenates only when there are several parts."""
+The norm before normalisation is kept in the items table, and every row names its artifact, the
+model that embedded it and the tower fingerprint, so the rows of several models stay apart in
+SQL. Readers memory-map the .npy files, so opening a cache copies nothing; `matrix()`
+concatenates only when there are several parts. Vectors must be finite: a NaN/Inf output is
+refused before its part is written. Reading across artifacts: features/vectorset.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipstore.warehouse.errors import ClipstoreError
+from clipstore.warehouse.errors import ClipstoreError, InputError
 from clipstore.warehouse.parquet import table_spec, write_table
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 
 ITEMS = pa.schema([
+    ("artifact_id", pa.string()), # the embeddings artifact (several share the SQL view)
+    ("model", pa.string()),       # the model that embedded the row (its name: tiny-vit, ViT-B-32@openai, ...)
+    ("fingerprint", pa.string()), # the tower fingerprint the artifact is keyed on (image or text tower)
     ("item_id", pa.string()),     # image_id, caption_id, keyword/concept id, or prompt id
     ("modality", pa.string()),    # image | caption | keyword | concept | classname | prompt (per-template rows)
     ("view", pa.int32()),         # 0 = the plain eval view; 1.. = augmented views (spec + seed in the recipe)
@@ -43,17 +47,41 @@ def normalise(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unit.astype(VECTOR_DTYPE), norms.astype(np.float32)
 
 
-def commit_vectors(builder: ArtifactBuilder, part: int, items: list[dict], vectors: np.ndarray) -> int:
-    """Publish one part: items (dicts with ITEMS columns except norm/row/part) and their raw
-    vectors (any float dtype, one row per item). Returns the number of rows."""
+def check_finite(vectors: np.ndarray, what: str) -> None:
+    """Refuse NaN/Inf model outputs: normalised, they would be stored as NaN vectors that poison
+    every search and mean. Raised before anything of the batch's part is written."""
+    v = np.asarray(vectors)
+    finite = np.isfinite(v).all(axis=1) if v.ndim == 2 else np.isfinite(v)
+    if not finite.all():
+        raise InputError(f"the model produced NaN or infinite embeddings for {int((~finite).sum())} of {len(v)} "
+                         f"{what}; nothing of this part was stored",
+                         fix="check the weights (a diverged checkpoint?) and --precision (fp16 can overflow: "
+                             "try bf16 or fp32)")
+
+
+def commit_vectors(builder: ArtifactBuilder, part: int, items: list[dict], vectors: np.ndarray, *,
+                   model: str | None = None, fingerprint: str | None = None) -> int:
+    """Publish one part: items (dicts with ITEMS columns except artifact_id/norm/row/part) and their
+    raw vectors (any float dtype, one row per item). Returns the number of rows."""
     if len(items) != len(vectors):
         raise ClipstoreError(f"{len(items)} items but {len(vectors)} vectors in part {part}")
+    check_finite(vectors, "items")
     unit, norms = normalise(vectors)
-    rows = [{**it, "norm": float(n), "row": i, "part": part} for i, (it, n) in enumerate(zip(items, norms))]
+    return commit_unit_vectors(builder, part, items, unit, norms, model=model, fingerprint=fingerprint)
+
+
+def commit_unit_vectors(builder: ArtifactBuilder, part: int, items: list[dict], unit: np.ndarray,
+                        norms: np.ndarray, *, model: str | None = None, fingerprint: str | None = None) -> int:
+    """Publish one part of already normalised float16 vectors with their norms (vectors copied
+    from another artifact keep their bytes and norms)."""
+    if not (len(items) == len(unit) == len(norms)):
+        raise ClipstoreError(f"{len(items)} items, {len(unit)} vectors and {len(norms)} norms in part {part}")
+    base = {"artifact_id": builder.artifact_id, "model": model, "fingerprint": fingerprint}
+    rows = [{**base, **it, "norm": float(n), "row": i, "part": part} for i, (it, n) in enumerate(zip(items, norms))]
     tmp = builder.temp_dir(f"part-{part:06d}")
     items_file, vectors_file = tmp / f"{part:06d}.parquet", tmp / f"{part:06d}.npy"
     write_table(pa.Table.from_pylist(rows, schema=ITEMS), items_file)
-    np.save(vectors_file, unit)
+    np.save(vectors_file, np.ascontiguousarray(unit, dtype=VECTOR_DTYPE))
     builder.commit_part(part, {"embedding_items": (items_file, len(rows)), "vectors": (vectors_file, len(rows))})
     return len(rows)
 
@@ -100,12 +128,23 @@ def load_embeddings(store: Store, ref: str) -> Embeddings:
     if art.kind != "embeddings":
         raise ClipstoreError(f"{art.artifact_id} is a {art.kind} artifact, not embeddings",
                              fix="pass an id from `clipstore ls --kind embeddings`")
-    item_files = [p for _, t, p in store.parts(art.artifact_id) if t == "embedding_items"]
-    vector_files = [p for _, t, p in store.parts(art.artifact_id) if t == "vectors"]
-    items = pa.concat_tables([pq.read_table(str(p)) for p in item_files]) if item_files else ITEMS.empty_table()
-    parts = [np.load(str(p), mmap_mode="r") for p in vector_files]
-    return Embeddings(art, items, parts)
+    return open_embeddings(store, art)
 
 
-def vector_files(store: Store, artifact_id: str) -> list[Path]:
-    return [p for _, t, p in store.parts(artifact_id) if t == "vectors"]
+def open_embeddings(store: Store, art: Artifact, parts: dict | None = None) -> Embeddings:
+    """The read view of an embeddings artifact; `parts` (from `store.all_parts`) saves a catalog
+    read when opening several. Items of parts written before a column existed read it as null."""
+    if parts is None:
+        parts = store.all_parts([art.artifact_id])
+    item_files = [p for _, p, _ in parts.get((art.artifact_id, "embedding_items"), [])]
+    vector_files = [p for _, p, _ in parts.get((art.artifact_id, "vectors"), [])]
+    tables = [_with_schema(pq.read_table(str(p))) for p in item_files]
+    items = pa.concat_tables(tables) if tables else ITEMS.empty_table()
+    return Embeddings(art, items, [np.load(str(p), mmap_mode="r") for p in vector_files])
+
+
+def _with_schema(table: pa.Table) -> pa.Table:
+    for f in ITEMS:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table.select(ITEMS.names).cast(ITEMS)

@@ -121,7 +121,8 @@ def test_image_vectors_equal_a_reference_computation(store, tmp_path, shared_dat
     [art] = embed(store, model=model, corpus="ucm", batch_size=4, workers=2, progress=False)
 
     assert art.kind == "embeddings" and art.name == f"ucm.image.{arch}" and art.status == "complete"
-    assert art.params["fingerprint"] == model.fingerprint and art.params["modality"] == "image"
+    # image caches key on the image tower
+    assert art.params["fingerprint"] == model.image_fingerprint and art.params["modality"] == "image"
     assert art.params["corpus"] == "ucm" and art.params["vocab"] is None and art.params["views"] is None
     stored = load_embeddings(store, art.artifact_id)
     assert len(stored) == 14 and stored.matrix().dtype == np.float16
@@ -239,7 +240,9 @@ def test_new_weights_make_a_new_cache(store, tmp_path, shared_data, tiny):
     [plain] = embed(store, model=tiny, corpus="ucm", workers=1, progress=False)
     [tuned] = embed(store, model=ModelSpec(checkpoint=checkpoint), corpus="ucm", workers=1, progress=False)
 
-    assert tuned.artifact_id != plain.artifact_id and tuned.name == "ucm.image.tiny-vit@round1"
+    tuned_model = load_model(ModelSpec(checkpoint=checkpoint))
+    assert tuned.artifact_id != plain.artifact_id and tuned.name == f"ucm.image.{tuned_model.name}"
+    assert tuned_model.name == f"tiny-vit@{tuned_model.identity['weights_sha256'][:12]}"  # content, not file stem
     assert tuned.params["fingerprint"] != plain.params["fingerprint"]
     a, b = load_embeddings(store, plain.artifact_id).matrix(), load_embeddings(store, tuned.artifact_id).matrix()
     assert a.shape == b.shape and not np.allclose(a, b, atol=1e-3)

@@ -46,7 +46,7 @@ def test_exact_knn_equals_the_numpy_reference_across_block_sizes(memory_mb, db_b
     clear = separated(ref_sims, 15)
     assert clear.mean() > 0.9  # the comparison below covers most rows
     assert (idx[clear] == ref_idx[clear, :15]).all()
-    # every other row differs only by swapping near-equal neighbours
+    # every other row differs only by swapping near-equal neighbors
     true_sims = np.take_along_axis(q.astype(np.float32) @ x.astype(np.float32).T, idx, 1)
     assert np.abs(true_sims - ref_sims[:, :15]).max() < 2e-6
 
@@ -152,17 +152,18 @@ def test_exact_graph_round_trips_through_the_store_and_sql(store):
     assert graph.kind == "knn" and graph.stats["exact"] is True and graph.stats["recall"] == 1.0
     assert graph.counts == {"nodes": 900, "edges": 7200} and graph.inputs == [emb.artifact_id]
 
-    ids, neighbours, sims = load_knn_graph(store, graph.artifact_id)
+    g = load_knn_graph(store, graph.artifact_id)
+    ids, neighbors, sims = g.ids, g.neighbors, g.sims
     unit = load_embeddings(store, emb.artifact_id).matrix()
     ref_idx, ref_sims = self_knn(unit, 8)
     assert ids.tolist() == [f"ima{i:05d}" for i in range(900)]
-    assert (neighbours == ref_idx).all() and (sims == ref_sims).all()
+    assert (neighbors == ref_idx).all() and (sims == ref_sims).all()
 
     edges = query(store, "SELECT * FROM knn_edges ORDER BY src_row, rank")
     assert edges.num_rows == 7200
     row = edges.slice(9, 1).to_pylist()[0]  # node 1, rank 1
-    assert (row["src_id"], row["dst_id"], row["rank"]) == ("ima00001", ids[neighbours[1, 1]], 1)
-    assert row["src_sample_id"] == "s00001" and row["dst_sample_id"] == f"s{neighbours[1, 1]:05d}"
+    assert (row["src_id"], row["dst_id"], row["rank"]) == ("ima00001", ids[neighbors[1, 1]], 1)
+    assert row["src_sample_id"] == "s00001" and row["dst_sample_id"] == f"s{neighbors[1, 1]:05d}"
     assert row["sim"] == pytest.approx(float(sims[1, 1]))
     assert query(store, "SELECT count(*) AS n FROM knn_edges WHERE src_id = dst_id").column("n")[0].as_py() == 0
 
@@ -191,12 +192,12 @@ def test_approximate_graph_records_its_measured_recall(store):
     index_id = graph.stats["index"]
     assert sorted(graph.inputs) == sorted([emb.artifact_id, index_id])
     assert store.get(index_id).kind == "index"
-    _, neighbours, sims = load_knn_graph(store, graph.artifact_id)
+    neighbors = load_knn_graph(store, graph.artifact_id).neighbors
     exact_idx, _ = self_knn(load_embeddings(store, emb.artifact_id).matrix(), 10)
-    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(neighbours.tolist(), exact_idx.tolist())])
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(neighbors.tolist(), exact_idx.tolist())])
     # the recorded recall (a 400-query sample, ties counted) estimates the graph's true recall
     assert abs(overlap - graph.stats["recall"]) < 0.05
-    assert not (neighbours == np.arange(2000)[:, None]).any()
+    assert not (neighbors == np.arange(2000)[:, None]).any()
 
 
 def test_graph_selects_one_modality_and_refuses_what_is_not_there(store):
@@ -212,7 +213,7 @@ def test_graph_selects_one_modality_and_refuses_what_is_not_there(store):
         emb = builder.finish({"vectors": 200})
     graph = build_knn_graph(store, emb.artifact_id, k=4, modality="caption")
     assert graph.counts["nodes"] == 100 and graph.name == "mixed.knn4.caption"
-    ids, neighbours, _ = load_knn_graph(store, graph.artifact_id)
+    ids = load_knn_graph(store, graph.artifact_id).ids
     assert all(i.startswith("cap") for i in ids)
     with pytest.raises(InputError, match="no vectors for modality='keyword'") as err:
         build_knn_graph(store, emb.artifact_id, k=4, modality="keyword")

@@ -58,7 +58,8 @@ def test_the_same_weights_fingerprint_alike_in_every_checkpoint_format(tmp_path)
     for m in loaded[1:]:
         assert all(torch.equal(x, y) for x, y in zip(outputs(m), reference))
     assert read_checkpoint(ours_pt)[1] == {"model": "tiny-vit"}
-    assert loaded[0].name == "tiny-vit@bare" and loaded[3].name == "tiny-vit@ours"
+    # named by content, not by file stem: the same weights have one name in every file
+    assert {m.name for m in loaded} == {f"tiny-vit@{weights_sha256(weights)[:12]}"}
 
 
 def test_changed_weights_preprocessing_or_precision_change_the_fingerprint(tmp_path):
