@@ -7,7 +7,7 @@ STORE  ?= store
 DATA   ?= ../shared/data
 CLI    := $(BIN)/clipstore --store $(STORE)
 
-.PHONY: venv demo test test-fast lint ingest mine embed bench clean
+.PHONY: venv demo test test-fast lint ingest mine embed eval bench gauntlet clean
 
 venv: $(STAMP)
 	@echo "venv: $(VENV) is up to date with pyproject.toml (run commands as $(BIN)/clipstore, or after: source $(BIN)/activate)"
@@ -44,10 +44,20 @@ mine: ingest
 embed: ingest
 	$(CLI) project embed --data $(DATA)
 
+MODEL ?= tiny-vit
+eval: embed
+	$(CLI) eval suite rs --model $(MODEL)
+	$(CLI) eval suite fashion --model $(MODEL)
+
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/mining.py
 	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/knn.py
+	$(BIN)/python bench/eval.py
+
+gauntlet: $(STAMP)
+	$(BIN)/python bench/gauntlet.py
 
 clean:
 	rm -rf $(STORE) build *.egg-info

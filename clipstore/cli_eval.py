@@ -87,7 +87,8 @@ def cmd_report(args) -> None:
 
 def _model_args(s) -> None:
     g = s.add_argument_group("model (as for `clipstore embed`)")
-    g.add_argument("--model", help="open_clip architecture (ViT-B-32, ...) or tiny-vit / tiny-rn")
+    g.add_argument("--model", help="open_clip architecture (ViT-B-32, ...), tiny-vit / tiny-rn, or a checkpoint "
+                                   "artifact id (default: none; required unless --checkpoint names it)")
     g.add_argument("--pretrained", help="open_clip pretrained tag; downloads need --allow-download")
     g.add_argument("--allow-download", action="store_true", help="allow fetching pretrained weights")
     g.add_argument("--checkpoint", type=Path,
@@ -105,7 +106,7 @@ def add_parsers(sub) -> None:
     esub = p.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
 
     s = esub.add_parser("zeroshot", help="zero-shot classification of a corpus with class labels")
-    s.add_argument("--corpus", required=True)
+    s.add_argument("--corpus", required=True, help="a corpus with classes, e.g. ucm_cls; required")
     s.add_argument("--templates", default="aerial",
                    help="template set: aerial, fashion, reclip_rs, default, openai, or a file (default %(default)s)")
     s.add_argument("--raw-names", action="store_true",
@@ -115,7 +116,7 @@ def add_parsers(sub) -> None:
     s.set_defaults(func=cmd_zeroshot)
 
     s = esub.add_parser("retrieval", help="image-text retrieval on a split of a caption corpus")
-    s.add_argument("--corpus", required=True)
+    s.add_argument("--corpus", required=True, help="a caption corpus, e.g. ucm_captions; required")
     s.add_argument("--source-split", default="val",
                    help="split of the corpus (default %(default)s; all = every sample)")
     s.add_argument("--protocol", default="all", choices=["all", "one-caption", "both"],
@@ -125,14 +126,16 @@ def add_parsers(sub) -> None:
     s.set_defaults(func=cmd_retrieval)
 
     s = esub.add_parser("suite", help="a named suite (rs, fashion, synth) or a TOML file of tasks")
-    s.add_argument("suite")
+    s.add_argument("suite", metavar="SUITE", help="rs, fashion, synth, or a TOML file of (corpus, task, protocol, "
+                                                  "templates) rows")
     _model_args(s)
     s.set_defaults(func=cmd_suite)
 
     s = esub.add_parser("compare", help="headline metrics of two or more runs side by side, with deltas")
     s.add_argument("runs", nargs="+", metavar="RUN", help="evaluation artifact ids or names")
-    s.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])
-    s.add_argument("--output", type=Path)
+    s.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"],
+                   help="output format (default %(default)s)")
+    s.add_argument("--output", type=Path, help="write to this file (default: stdout; parquet needs a file)")
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("report", help="Markdown + PNG plots of an evaluation run, in the run's folder")

@@ -232,7 +232,7 @@ def add_parsers(sub) -> None:
                        description="The nearest images (over every corpus embedded with the same image tower) "
                                    "and the nearest distinct captions (the same model's text tower) of one "
                                    "sample's image.")
-    s.add_argument("sample_id")
+    s.add_argument("sample_id", metavar="SAMPLE_ID", help="a sample id from the samples table")
     s.add_argument("--k", type=int, default=5, help="images and captions to show (default: %(default)s)")
     s.add_argument("--model", help="restrict to embeddings of this model: its name (tiny-vit, ViT-B-32@openai), "
                                    "a fingerprint prefix or a checkpoint artifact (default: the newest embeddings)")

@@ -101,6 +101,22 @@ def features_and_mining(store, project, quiet: bool = False, wait: bool = False)
             sys.stdout.write(render(session.query(sql, bind(sql, REAL_STORE))))
 
 
+def evaluation_step(store, quiet: bool = False, wait: bool = False) -> None:
+    """The synth suite (zero-shot on synth_cls, retrieval on synth's val split) from the cache,
+    and its report: Markdown + plots in the run's folder."""
+    from clipstore.eval.report import write_report
+    from clipstore.eval.run import evaluate
+    from clipstore.eval.suites import resolve
+    from clipstore.features.models import ModelSpec
+    suite = resolve(store, "synth")
+    print(f"\n-- evaluating tiny-vit on the {suite.name} suite (zero-shot + retrieval from the embedding cache)")
+    outcome = evaluate(store, ModelSpec("tiny-vit"), suite.tasks, label=suite.name, keep_going=True,
+                       progress=not quiet, wait=wait)
+    _report(outcome.artifact)
+    report = write_report(store, outcome.run, wait=wait)
+    print(f"   report: {report.path} ({len(report.plots)} plots)")
+
+
 def cli_command() -> str:
     """How to run clipstore from this shell, as it must be typed: plain `clipstore` when the shell
     finds this environment's script, else the script's path (e.g. `.venv/bin/clipstore`)."""
@@ -134,6 +150,7 @@ def run(store_dir: str | None, data: str | None, synth_dir: Path, quiet: bool = 
     ingest_step(store, project, synth_dir, synth_images=synth_images, quiet=quiet, wait=wait)
     ask(store)
     features_and_mining(store, project, quiet, wait=wait)
+    evaluation_step(store, quiet, wait=wait)
     print(f"\n== done in {time.monotonic() - t0:.1f}s; {closing_hint(store.root)}")
 
 

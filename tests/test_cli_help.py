@@ -25,9 +25,6 @@ def _commands(parser: argparse.ArgumentParser, prefix: str = ""):
 
 PARSER = build_parser()
 COMMANDS = list(_commands(PARSER))
-# cli_features.py's help text is being written on another branch; these xpass once it lands
-PENDING = {path for path, child, _ in COMMANDS
-           if getattr(child.get_default("func"), "__module__", None) == "clipstore.cli_features"}
 
 
 def test_the_tree_holds_every_stage_command():
@@ -36,8 +33,7 @@ def test_the_tree_holds_every_stage_command():
             "embed", "knn", "project", "project ingest", "project mine", "project embed"} <= paths
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(reason="cli_features help: other branch"))
-                                  if p in PENDING else p for p, _, _ in COMMANDS])
+@pytest.mark.parametrize("path", [p for p, _, _ in COMMANDS])
 def test_every_command_and_option_has_help_with_its_default(path):
     _, parser, listed = next(c for c in COMMANDS if c[0] == path)
     assert listed, f"`clipstore {path}` has no help line in its parent's list"
