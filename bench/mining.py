@@ -5,7 +5,7 @@
    clipstore's process pool vs the single-process loop, on the same texts (target >= 1.7x on
    2 cores). Also timed: the corpus-level YAKE ranking and the vectorised caption x keyword
    matrix vs S-CLIP's per-pair substring test.
-2. Query latency: the six example queries of the README (mining/examples.py) over a synthetic
+2. Query latency: the six example queries of docs/mining.md (mining/examples.py) over a synthetic
    store of 1,000,000 captions (bench/bigstore.py), whose vocabularies are made by the real
    stages (`mine keywords --import`, `mine concepts`); median of 7 runs each (target < 100 ms).
 

@@ -1,5 +1,5 @@
 """Example questions over the mined tables: printed by `make demo`, shown with their real output
-in the README, and timed over a 1M-caption store by bench/mining.py. One definition serves all
+in docs/mining.md, and timed over a 1M-caption store by bench/mining.py. One definition serves all
 three, with the vocabulary, split and corpus names as bound parameters."""
 
 from __future__ import annotations

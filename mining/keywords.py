@@ -1,5 +1,5 @@
 """`clipstore mine keywords`: a ranked YAKE vocabulary over the captions of a scope, matched
-against captions so that every image gets its candidate keyword set (S-CLIP, METHODS §2).
+against captions so that every image gets its candidate keyword set (S-CLIP; docs/mining.md).
 
 S-CLIP's recipe: YAKE, English, n-grams up to 2, dedup 0.9, top 300, over the training captions
 taken as one text; rank = YAKE's priority order, and yake-50/100/200 are prefixes of yake-300.

@@ -205,8 +205,8 @@ class Store:
         """Artifacts (all, or those `where` selects) with their state and whether they are current."""
         with self.connect() as con:
             current = {r[0] for r in con.execute("SELECT artifact_id FROM current_versions").fetchall()}
-            pending = dict(con.execute(
-                "SELECT artifact_id, count(*) FROM parts WHERE NOT published AND NOT retired GROUP BY 1").fetchall())
+            pending = dict(con.execute("SELECT artifact_id, count(DISTINCT part) FROM parts "
+                                       "WHERE NOT published AND NOT retired GROUP BY 1").fetchall())
             running = {r[0] for r in con.execute("SELECT artifact_id FROM runs WHERE status = 'running'").fetchall()}
         if running and not writer_alive(self.root):
             running = set()   # their process died: the next run will close them as interrupted
@@ -420,7 +420,9 @@ class ArtifactBuilder:
         return [p for p in self.store.parts(self.artifact_id, table, pending=True) if p[0] not in self._retire]
 
     def committed_rows(self, table: str) -> list[tuple[Path, int]]:
-        return self.store.part_rows(self.artifact_id, table, pending=True)
+        """(path, rows) of this table's parts so far, without the ones this run retires."""
+        keep = {path for _, _, path in self.committed_parts(table)}
+        return [(p, n) for p, n in self.store.part_rows(self.artifact_id, table, pending=True) if p in keep]
 
     def is_committed(self, part: int) -> bool:
         """A killed run may have committed this part already: then it is not written again."""

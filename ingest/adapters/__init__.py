@@ -1,4 +1,4 @@
-"""Source adapters by FORMAT name (DESIGN §7)."""
+"""Source adapters by FORMAT name (docs/ingest.md lists them)."""
 
 from clipstore.ingest.adapters.base import Adapter, IngestOptions, Source
 from clipstore.ingest.adapters.fashion import FASHION200K, FASHION_PRODUCTS, FASHIONGEN, POLYVORE
