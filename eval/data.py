@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clipstore.warehouse.errors import InputError, NotFoundError
+from clipstore.warehouse.errors import InputError
 from clipstore.warehouse.sql import Session
 from clipstore.warehouse.store import Artifact, Store
 
@@ -14,12 +14,7 @@ RAW, NORMALISED, CORPUS_NAMES = "raw", "normalised", "corpus"
 
 
 def corpus_artifact(store: Store, name: str) -> Artifact:
-    art = store.current("corpus", name)
-    if art is None:
-        have = ", ".join(sorted(a.name for a in store.current_all("corpus"))) or "none yet"
-        raise NotFoundError(f"no corpus {name!r} in the store (corpora: {have})", where=str(store.root),
-                            fix="ingest it first: clipstore ingest FORMAT PATH --name NAME")
-    return art
+    return store.corpora([name])[name]
 
 
 def _rows(session: Session, table: str, sql: str, params: dict) -> list[dict]:

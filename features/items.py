@@ -33,12 +33,7 @@ class ClassPrompts:
 
 
 def corpus_artifact(store: Store, name: str) -> Artifact:
-    art = store.current("corpus", name)
-    if art is None:
-        have = ", ".join(sorted(a.name for a in store.current_all("corpus"))) or "none yet"
-        raise NotFoundError(f"no corpus {name!r} in the store (corpora: {have})", where=str(store.root),
-                            fix="ingest it first: clipstore ingest FORMAT PATH --name NAME")
-    return art
+    return store.corpora([name])[name]
 
 
 def vocab_artifact(store: Store, ref: str) -> Artifact:

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from clipstore.warehouse.parquet import commit_part_tables
-from clipstore.warehouse.errors import InputError, NotFoundError
+from clipstore.warehouse.errors import InputError
 from clipstore.warehouse.hashing import digest
 from clipstore.warehouse.sql import query
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
@@ -89,7 +89,7 @@ def make_split(store: Store, name: str, *, corpora: list[str], unlabeled_corpora
     unlabeled_corpora = list(unlabeled_corpora or [])
     _validate(name, corpora, unlabeled_corpora, labeled_ratio, compat)
     with store.writing(wait=wait):
-        inputs = _resolve_corpora(store, corpora + unlabeled_corpora)
+        inputs = store.corpora(corpora + unlabeled_corpora)
         params = {"corpora": list(corpora), "unlabeled_corpora": unlabeled_corpora, "labeled_ratio": labeled_ratio,
                   "seed": seed, "compat": compat, "unit": UNIT}
         builder = store.produce(kind="split", name=name, stage="split", version=STAGE_VERSION, params=params,
@@ -225,16 +225,6 @@ def _validate(name: str, corpora: list[str], unlabeled_corpora: list[str], ratio
                          fix="pass the share of train images to label, e.g. --labeled-ratio 0.1")
     if compat is not None and compat not in COMPAT_MODES:
         raise InputError(f"unknown compatibility mode {compat!r}", fix=f"use one of: {', '.join(COMPAT_MODES)}")
-
-
-def _resolve_corpora(store: Store, names: list[str]) -> dict[str, Artifact]:
-    found = {a.name: a for a in store.current_all("corpus")}
-    missing = [n for n in names if n not in found]
-    if missing:
-        have = ", ".join(sorted(found)) or "none yet"
-        raise NotFoundError(f"no corpus {', '.join(map(repr, missing))} in the store (corpora: {have})",
-                            where=str(store.root), fix="ingest it first (`clipstore ingest FORMAT PATH --name NAME`)")
-    return {n: found[n] for n in names}
 
 
 def _load_entries(store: Store, inputs: dict[str, Artifact]) -> dict[str, list[Entry]]:

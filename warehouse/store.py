@@ -189,6 +189,17 @@ class Store:
             params.append(kind)
         return sorted(self._artifacts(where, params), key=lambda a: (a.kind, a.name))
 
+    def corpora(self, names: list[str]) -> dict[str, Artifact]:
+        """The current corpus artifact of each name, in the order given; an error naming the
+        missing ones and the corpora the store has."""
+        found = {a.name: a for a in self.current_all("corpus")}
+        missing = [n for n in names if n not in found]
+        if missing:
+            have = ", ".join(sorted(found)) or "none yet"
+            raise NotFoundError(f"no corpus {', '.join(map(repr, missing))} in the store (corpora: {have})",
+                                where=str(self.root), fix="ingest it first: clipstore ingest FORMAT PATH --name NAME")
+        return {n: found[n] for n in names}
+
     def history(self, name: str, kind: str | None = None) -> list[Version]:
         """Every version of a name (oldest first), with its state and whether it is current."""
         kinds = {a.kind for a in self._artifacts("WHERE name = ?", [name])}
