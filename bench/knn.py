@@ -31,7 +31,7 @@ def clustered_vectors(n: int, d: int, clusters: int, latent: int, spread: float,
                       seed: int) -> np.ndarray:
     """Each cluster: a random centre, a random `latent`-dimensional variation around it (a class
     whose images differ in a few ways) and isotropic noise; L2-normalised float16. With the
-    defaults a vector's 20 nearest neighbours have cosine 0.69-0.80, like CLIP image embeddings."""
+    defaults a vector's 20 nearest neighbors have cosine 0.69-0.80, like CLIP image embeddings."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, d)).astype(np.float32)
     bases = rng.standard_normal((clusters, latent, d)).astype(np.float32) * (spread / np.sqrt(latent))
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows.append({"method": "clipstore self_knn (symmetric: each block pair once)", "build": 0.0, "search": t,
                  "recall": recall_at_k(query_idx, x32, x, exact_sims)})
     agree = np.mean([len(set(a) & set(b)) / k for a, b in zip(naive_found.tolist(), exact_idx[sample].tolist())])
-    print(f"naive and clipstore exact agree on {agree:.4f} of the sampled neighbours")
+    print(f"naive and clipstore exact agree on {agree:.4f} of the sampled neighbors")
 
     def approximate(factory: str, settings: list[dict]) -> None:
         built, build_s = timed(make_index, x, factory)

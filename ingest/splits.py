@@ -55,7 +55,7 @@ SPLITS = pa.schema([
 
 
 @dataclass(frozen=True)
-class Entry:
+class Candidate:
     """One entry of a corpus source: a sample, or an entry rejected at ingest (sample_id None)."""
 
     corpus: str
@@ -71,7 +71,7 @@ class Entry:
         return self.image_id is not None
 
 
-Placed = tuple[int, Entry]  # (position, entry)
+Placed = tuple[int, Candidate]  # (position, entry)
 
 
 @dataclass
@@ -103,7 +103,7 @@ def make_split(store: Store, name: str, *, corpora: list[str], unlabeled_corpora
             return _write(builder, rows, counts, stats)
 
 
-def plan_split(name: str, entries: dict[str, list[Entry]], corpora: list[str], unlabeled_corpora: list[str],
+def plan_split(name: str, entries: dict[str, list[Candidate]], corpora: list[str], unlabeled_corpora: list[str],
                ratio: float, seed: int, compat: str | None) -> tuple[list[dict], dict, dict]:
     """The manifest rows, counts per role and stats of a split; pure, so errors come before any write."""
     select = select_sclip if compat == "sclip" else select_default
@@ -139,7 +139,7 @@ def _write(builder: ArtifactBuilder, rows: list[dict], counts: dict, stats: dict
 
 
 # ---- selection ------------------------------------------------------------------------------
-def select_default(pools: list[list[Entry]], ratio: float, seed: int) -> Selection:
+def select_default(pools: list[list[Candidate]], ratio: float, seed: int) -> Selection:
     """Seeded permutation over the captioned train images (corpus order, then source order)."""
     pool = _image_pool([e for e in entries if e.split == "train"] for entries in pools)
     eligible = [p for p in pool if p[1].n_captions > 0]
@@ -153,7 +153,7 @@ def select_default(pools: list[list[Entry]], ratio: float, seed: int) -> Selecti
     return Selection(labeled, rest, report)
 
 
-def select_sclip(pools: list[list[Entry]], ratio: float, seed: int) -> Selection:
+def select_sclip(pools: list[list[Candidate]], ratio: float, seed: int) -> Selection:
     """The public S-CLIP selection: one torch.randperm over every train entry of the corpora,
     concatenated in the given order, each in source order, images present or not."""
     import torch  # only this mode needs it
@@ -227,7 +227,7 @@ def _validate(name: str, corpora: list[str], unlabeled_corpora: list[str], ratio
         raise InputError(f"unknown compatibility mode {compat!r}", fix=f"use one of: {', '.join(COMPAT_MODES)}")
 
 
-def _load_entries(store: Store, inputs: dict[str, Artifact]) -> dict[str, list[Entry]]:
+def _load_entries(store: Store, inputs: dict[str, Artifact]) -> dict[str, list[Candidate]]:
     """Every entry of each corpus's source: its samples and its rejected entries, in source order."""
     corpora = list(inputs)
     selects = {"samples": "SELECT corpus, source_key, source_index, split, sample_id, image_id, n_captions "
@@ -236,16 +236,16 @@ def _load_entries(store: Store, inputs: dict[str, Artifact]) -> dict[str, list[E
                           "NULL AS image_id, 0 AS n_captions FROM rejects WHERE list_contains($corpora, corpus)"}
     # a view exists once some corpus has that table; ask only for tables our inputs have
     present = [sql for table, sql in selects.items() if any(store.table_paths(a, table) for a in inputs.values())]
-    entries: dict[str, list[Entry]] = {c: [] for c in corpora}
+    entries: dict[str, list[Candidate]] = {c: [] for c in corpora}
     if present:
         for r in query(store, " UNION ALL ".join(present), {"corpora": corpora}).to_pylist():
-            entries[r["corpus"]].append(Entry(**r))
+            entries[r["corpus"]].append(Candidate(**r))
     for items in entries.values():
         items.sort(key=lambda e: e.source_index)
     return entries
 
 
-def _require_pools(entries: dict[str, list[Entry]], corpora: list[str], unlabeled_corpora: list[str],
+def _require_pools(entries: dict[str, list[Candidate]], corpora: list[str], unlabeled_corpora: list[str],
                    compat: str | None) -> None:
     """Every captioned corpus needs train entries (with images, unless positions alone matter, as
     in compat mode); every unlabeled corpus needs images."""

@@ -11,7 +11,7 @@ Two modes, recorded in every recipe through `NounExtractor.info`:
   those lookups ship (`en_lemma_index`: WordNet's nouns, verbs, adjectives and adverbs, with
   `en_lemma_exc`/`en_lemma_rules` to reduce inflected forms). A word is a noun when WordNet knows
   it only as a noun ("building", "runway"); a word WordNet also knows as an adjective, verb or
-  adverb ("green", "plane", "field", "parking") is read from its neighbours: directly before a
+  adverb ("green", "plane", "field", "parking") is read from its neighbors: directly before a
   noun it modifies it ("green trees", "dense residential area"), after a copula it is a
   predicate adjective ("the trees are green"), before an object or after an auxiliary it is a
   verb ("trees line the road", "is lying"), and otherwise a noun ("a plane", "many fields").
@@ -204,7 +204,7 @@ class _Tagger:
 
     A word that reduces (by WordNet's exceptions and suffix rules, as spaCy's rule lemmatizer
     does) only to a noun is a noun. A word that can also be an adjective, verb or adverb is
-    decided from its neighbours, right to left, so that the next word's reading is known:
+    decided from its neighbors, right to left, so that the next word's reading is known:
       1. directly before a noun, or before modifiers that lead to one: a modifier if it can be an
          adjective ("green trees", "medium residential area"), else a noun ("golf course");
       2. an adjective after a copula or degree word ("the trees are green", "very dense"), also
