@@ -20,6 +20,7 @@ from clipstore.warehouse.parquet import commit_part_tables
 from clipstore.warehouse.store import Store
 
 CORPUS, SPLIT = "bench", "bench"
+STAGE_VERSION = 1   # bump when the same parameters would give another synthetic store
 ROLES = np.array(["labeled", "unlabeled", "val", "test"])
 
 
@@ -42,8 +43,8 @@ def build(root: Path, data: Path, n_samples: int = 200_000, part_rows: int = 50_
     picks = rng.integers(0, len(entries), n_samples)
     roles = ROLES[rng.choice(4, n_samples, p=[0.1, 0.7, 0.1, 0.1])]
     with store.writing():
-        corpus = store.begin(kind="corpus", name=CORPUS, stage="bench", params={"n": n_samples, "seed": seed},
-                             tables=CORPUS_TABLES)
+        corpus = store.produce(kind="corpus", name=CORPUS, stage="bench", version=STAGE_VERSION,
+                               params={"n": n_samples, "seed": seed}, tables=CORPUS_TABLES, reuse=False)
         split_rows = []
         for part, start in enumerate(range(0, n_samples, part_rows)):
             samples, captions = [], []
@@ -63,8 +64,8 @@ def build(root: Path, data: Path, n_samples: int = 200_000, part_rows: int = 50_
                                    "image_id": iid, "source_key": key, "source_index": i, "position": i})
             commit_part_tables(corpus, part, {"samples": (samples, SAMPLES), "captions": (captions, CAPTIONS)})
         corpus.finish({"samples": n_samples, "captions": int(sum(len(entries[p][1]) for p in picks))})
-        split = store.begin(kind="split", name=SPLIT, stage="bench", params={"seed": seed},
-                            inputs=[corpus.artifact_id], tables={"splits": {}})
+        split = store.produce(kind="split", name=SPLIT, stage="bench", version=STAGE_VERSION, params={"seed": seed},
+                              inputs=[corpus.artifact_id], tables={"splits": {}}, reuse=False)
         commit_part_tables(split, 0, {"splits": (split_rows, SPLITS)})
         split.finish({"rows": len(split_rows)})
     return store

@@ -100,7 +100,7 @@ def _select_role(store: Store, session: Session, split: str, role: str | None) -
     inputs = {f"split:{split}": art, **_corpus_artifacts(store, corpora)}
     samples = _refs(store, session, inputs, rows)
     return Selection(f"{split}.{role}", {"split": split, "role": role}, samples, inputs,
-                     store.versions(sorted(a.artifact_id for a in inputs.values())))
+                     store.version_digests(sorted(a.artifact_id for a in inputs.values())))
 
 
 def _select_corpus(store: Store, session: Session, corpus: str) -> Selection:
@@ -117,7 +117,8 @@ def _select_corpus(store: Store, session: Session, corpus: str) -> Selection:
                               {"corpus": corpus}).to_pylist()[0]["n"]
     samples = _refs(store, session, inputs, rows)
     return Selection(corpus, {"corpus": corpus}, samples, inputs,
-                     store.versions(sorted(a.artifact_id for a in inputs.values())), skipped=total - len(samples))
+                     store.version_digests(sorted(a.artifact_id for a in inputs.values())),
+                     skipped=total - len(samples))
 
 
 def _corpus_artifacts(store: Store, names: list[str]) -> dict[str, Artifact]:

@@ -13,7 +13,6 @@ is a checkpoint artifact id or name into one whose `checkpoint` is that file."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from clipstore.warehouse.store import Artifact, Store
 
 KIND = "checkpoint"
 TABLE = "checkpoint"           # the file part's table name (a file, not a SQL view)
+STAGE_VERSION = 1              # bump when the same weights would be stored otherwise
 
 
 def register_checkpoint(store: Store | str | Path, path: str | Path, name: str, *, model: str | None = None,
@@ -51,18 +51,18 @@ def register_checkpoint(store: Store | str | Path, path: str | Path, name: str, 
     digest = weights_sha256(state)
     params = {"weights_sha256": digest, "config": config}
     with store.writing(wait=wait):
-        builder = store.begin(kind=KIND, name=name, stage="register_checkpoint", params=params, config=params)
+        builder = store.produce(kind=KIND, name=name, stage="register_checkpoint", version=STAGE_VERSION,
+                                params=params, config=params)
+        if isinstance(builder, Artifact):
+            return builder
         with builder.failing_on_error():
-            if (done := builder.reuse_if_complete()) is not None:
-                return done
-            if not builder.committed_parts(TABLE):
+            if not builder.is_committed(0):
                 tmp = builder.temp_dir("part-000000") / "000000.safetensors"
                 save_checkpoint(tmp, state, config)
                 builder.commit_part(0, {TABLE: (tmp, len(state))})
             [(_, _, file)] = builder.committed_parts(TABLE)
             stats = {"file": str(file.relative_to(builder.path)), "arch": config["model"], "weights_sha256": digest,
                      "tensors": len(state), "source": str(Path(path).resolve())}
-            builder.write_file("stats.json", json.dumps(stats, indent=1, sort_keys=True))
             return builder.finish({"tensors": len(state)}, stats)
 
 

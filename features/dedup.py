@@ -15,8 +15,6 @@ the graph holds: such nodes are counted in stats (`saturated_nodes`) with the k 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow as pa
 
@@ -34,6 +32,7 @@ NEAR_DUPLICATES = pa.schema([
     ("sim", pa.float32()),
 ])
 AUDIT_TABLES = {"near_duplicates": table_spec(NEAR_DUPLICATES)}
+STAGE_VERSION = 1   # bump when the same graph and threshold would give other pairs
 
 
 def audit_near_duplicates(store: Store, ref: str, threshold: float = DEFAULT_THRESHOLD, *, k: int = 20,
@@ -53,19 +52,18 @@ def audit_near_duplicates(store: Store, ref: str, threshold: float = DEFAULT_THR
         raise InputError(f"{source.artifact_id} is a {source.kind} artifact; the audit reads embeddings or a kNN graph",
                          fix="pass an id from `clipstore ls --kind embeddings` or `--kind knn`")
     with store.writing(wait=wait):
-        params = {"graph": graph.artifact_id, "graph_version": store.versions([graph.artifact_id])[graph.artifact_id],
-                  "threshold": float(threshold)}
-        builder = store.begin(kind="audit", name=f"{graph.name}.near_duplicates", stage="near_duplicates",
-                              params=params, inputs=[graph.artifact_id], tables=AUDIT_TABLES, config=params)
+        params = {"graph": graph.artifact_id, "threshold": float(threshold)}
+        builder = store.produce(kind="audit", name=f"{graph.name}.near_duplicates", stage="near_duplicates",
+                                version=STAGE_VERSION, params=params, inputs=[graph], tables=AUDIT_TABLES,
+                                config=params)
+        if isinstance(builder, Artifact):
+            return builder
         with builder.failing_on_error():
-            if (done := builder.reuse_if_complete()) is not None:
-                return done
             pairs, stats = near_duplicate_pairs(store, graph, float(threshold))
-            if not builder.committed_parts("near_duplicates"):
+            if not builder.is_committed(0):
                 table = pairs.append_column("artifact_id", pa.array([builder.artifact_id] * pairs.num_rows,
                                                                     pa.string())).select(NEAR_DUPLICATES.names)
                 commit_part_tables(builder, 0, {"near_duplicates": (table, NEAR_DUPLICATES)})
-            builder.write_file("stats.json", json.dumps(stats, indent=1, sort_keys=True))
             counts = {"pairs": pairs.num_rows}
             return builder.finish(counts, stats, summary={**counts, "threshold": threshold,
                                                           "cross_corpus": stats["cross_corpus_pairs"]})

@@ -49,6 +49,7 @@ from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 from clipstore.warehouse.workers import context as workers_context
 
 TEXT_PART_SIZE = 8192
+STAGE_VERSION = 1   # bump when the same model and items would give other vectors
 
 
 @dataclass(frozen=True)
@@ -210,14 +211,16 @@ def _items(store: Store, session: Session, job: Job) -> list:
 def _run(store: Store, job: Job, found: list, model: LoadedModel, batch_size: int, workers: int | None,
          progress: bool) -> Artifact:
     params = job.params(model)
-    source_version = store.versions([job.source.artifact_id])[job.source.artifact_id]
+    source_version = store.version_digests([job.source.artifact_id])[job.source.artifact_id]  # reported only
     config = {**params, "model": model.name, "model_fingerprint": model.fingerprint, "identity": model.identity,
               "device": str(model.device), "batch_size": batch_size, "workers": workers,
               "source_artifact": job.source.artifact_id, "source_version": source_version}
-    builder = store.begin(kind="embeddings", name=_cache_name(store, job, model, params), stage="embed",
-                          params=params, tables=EMBEDDING_TABLES, config=config)
+    # the source is lineage, not recipe: the cache grows with its corpus, so it never pins its version,
+    # and there is no reuse check (a grown corpus adds parts to this same artifact)
+    builder = store.produce(kind="embeddings", name=_cache_name(store, job, model, params), stage="embed",
+                            version=STAGE_VERSION, params=params, sources=[job.source], tables=EMBEDDING_TABLES,
+                            config=config, reuse=False)
     with builder.failing_on_error():
-        builder.add_lineage([job.source.artifact_id])  # outside the recipe: the cache grows with its source
         started = time.monotonic()
         committed = builder.committed_parts("embedding_items")
         have = _committed_keys([path for _, _, path in committed])

@@ -21,7 +21,6 @@ neighbor rows and similarities as arrays, a scipy.sparse CSR view). See docs/vec
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +30,7 @@ from clipstore.features.index import (build_index, load_index, make_index, measu
                                       selected_vectors)
 from clipstore.features.items import CORPUS_MODALITIES, IMAGE
 from clipstore.features.knn import self_knn
-from clipstore.features.vectors import Embeddings, load_embeddings
+from clipstore.features.vectors import open_embeddings
 from clipstore.features.vectorset import vector_set
 from clipstore.warehouse.errors import ClipstoreError, InputError, NotFoundError
 from clipstore.warehouse.parquet import commit_part_tables, read_parquet, table_spec
@@ -52,6 +51,7 @@ EDGES = pa.schema([
 GRAPH_TABLES = {"knn_nodes": table_spec(NODES), "knn_edges": table_spec(EDGES)}
 NODES_PER_PART = 50_000             # one edges part per this many source nodes (k rows each)
 RECALL_QUERIES = 1000
+STAGE_VERSION = 1                   # bump when the same inputs would give another graph
 
 
 def build_knn_graph(store: Store, embeddings_ref: str, k: int = 20, *, modality: str | None = "image",
@@ -66,22 +66,22 @@ def build_knn_graph(store: Store, embeddings_ref: str, k: int = 20, *, modality:
         index_art = build_index(store, embeddings_ref, method, modality=modality, view=view, nprobe=nprobe,
                                 ef_search=ef_search, recall_k=k, recall_queries=recall_queries, seed=seed, wait=wait)
     with store.writing(wait=wait):
-        emb = load_embeddings(store, embeddings_ref)
-        items, vectors = selected_vectors(emb, modality, view)
-        if len(vectors) < 2:
-            raise InputError(f"a kNN graph needs at least two vectors; the selection has {len(vectors)}",
-                             where=emb.artifact.artifact_id, fix="embed more items first")
-        emb_id = emb.artifact.artifact_id
-        params = {"embeddings": emb_id, "embeddings_version": store.versions([emb_id])[emb_id],
-                  "modality": modality, "view": view, "k": k, "method": method,
+        art = store.get(embeddings_ref, kind="embeddings")
+        emb_id = art.artifact_id
+        params = {"embeddings": emb_id, "modality": modality, "view": view, "k": k, "method": method,
                   "index": index_art.artifact_id if index_art else None,
                   "recall_queries": recall_queries if index_art else None, "seed": seed if index_art else None}
-        inputs = [emb_id] + ([index_art.artifact_id] if index_art else [])
-        builder = store.begin(kind="knn", name=_graph_name(emb, k, modality, view, method),
-                              stage="knn", params=params, inputs=inputs, tables=GRAPH_TABLES, config=params)
+        inputs = [art] + ([index_art] if index_art else [])
+        builder = store.produce(kind="knn", name=_graph_name(store, art, k, modality, view, method), stage="knn",
+                                version=STAGE_VERSION, params=params, inputs=inputs, tables=GRAPH_TABLES,
+                                config=params)
+        if isinstance(builder, Artifact):   # a no-op: no vector is read
+            return builder
         with builder.failing_on_error():
-            if (done := builder.reuse_if_complete()) is not None:
-                return done
+            items, vectors = selected_vectors(open_embeddings(store, art), modality, view)
+            if len(vectors) < 2:
+                raise InputError(f"a kNN graph needs at least two vectors; the selection has {len(vectors)}",
+                                 where=emb_id, fix="embed more items first")
             k_used = min(k, len(vectors) - 1)
             if index_art is None:
                 neighbors, sims = self_knn(vectors, k_used)
@@ -109,21 +109,19 @@ def build_set_graph(store: Store, embeddings: list[str | Artifact], k: int = 20,
         if split and split_art is None:
             raise NotFoundError(f"no split {split!r} in the store", where=str(store.root),
                                 fix="make it first: clipstore split NAME --corpus A ...")
-        versions = store.versions(ids + ([split_art.artifact_id] if split_art else []))
-        params = {"embeddings": ids, "embeddings_versions": {i: versions[i] for i in ids},
-                  "fingerprint": arts[0].params.get("fingerprint") if arts else None,
+        params = {"embeddings": ids, "fingerprint": arts[0].params.get("fingerprint") if arts else None,
                   "split": split, "split_artifact": split_art.artifact_id if split_art else None,
-                  "split_version": versions[split_art.artifact_id] if split_art else None,
                   "roles": sorted(roles) if roles else None, "modality": modality, "view": view, "k": k,
                   "method": method, "nprobe": nprobe, "ef_search": ef_search,
                   "recall_queries": recall_queries if method != "exact" else None,
                   "seed": seed if method != "exact" else None}
-        inputs = ids + ([split_art.artifact_id] if split_art else [])
-        builder = store.begin(kind="knn", name=name or _set_graph_name(arts, split, roles, modality, view, k, method),
-                              stage="knn", params=params, inputs=inputs, tables=GRAPH_TABLES, config=params)
+        inputs = arts + ([split_art] if split_art else [])   # produce pins their versions
+        builder = store.produce(kind="knn", name=name or _set_graph_name(arts, split, roles, modality, view, k, method),
+                                stage="knn", version=STAGE_VERSION, params=params, inputs=inputs,
+                                tables=GRAPH_TABLES, config=params)
+        if isinstance(builder, Artifact):   # a no-op: no vector is read
+            return builder
         with builder.failing_on_error():
-            if (done := builder.reuse_if_complete()) is not None:
-                return done
             vset = vector_set(store, arts, modality=modality, view=view, split=split, roles=roles)
             if len(vset) < 2:
                 raise InputError(f"a kNN graph needs at least two vectors; the selection has {len(vset)}",
@@ -299,9 +297,8 @@ def _write(builder: ArtifactBuilder, nodes: pa.Table, neighbors: np.ndarray, sim
            k: int, quality: dict) -> Artifact:
     n = nodes.num_rows
     ids, sample_ids = nodes.column("item_id"), nodes.column("sample_id")
-    done = {p for p, _, _ in builder.committed_parts()}  # a killed run's committed parts stay
     for part, start in enumerate(range(0, max(n, 1), NODES_PER_PART)):
-        if part in done:
+        if builder.is_committed(part):  # a killed run's committed parts stay
             continue
         stop = min(n, start + NODES_PER_PART)
         tables = {"knn_edges": (_edges(builder.artifact_id, ids, sample_ids, neighbors[start:stop],
@@ -312,7 +309,6 @@ def _write(builder: ArtifactBuilder, nodes: pa.Table, neighbors: np.ndarray, sim
     missing = int((neighbors < 0).sum())
     stats = {**quality, "k": k, "k_requested": k_asked, "nodes": n, "edges": n * k - missing,
              "missing_edges": missing, "sim_mean": float(sims[neighbors >= 0].mean()) if n * k > missing else None}
-    builder.write_file("stats.json", json.dumps(stats, indent=1, sort_keys=True))
     counts = {"nodes": n, "edges": n * k - missing}
     return builder.finish(counts, stats, summary={**counts, "k": k, "exact": quality["exact"],
                                                   "recall": quality["recall"]})
@@ -344,12 +340,18 @@ def _edges(graph_id: str, ids: pa.ChunkedArray, sample_ids: pa.ChunkedArray, nei
                      "dst_sample_id": sample_ids.take(pa.array(dst))}, schema=EDGES)
 
 
-def _graph_name(emb: Embeddings, k: int, modality: str | None, view: int, method: str) -> str:
+def _graph_name(store: Store, art: Artifact, k: int, modality: str | None, view: int, method: str) -> str:
     """`<embeddings>.knn<k>`, plus the modality when the artifact holds several, a non-plain view,
-    and the factory of an approximate graph."""
-    name = f"{emb.artifact.name}.knn{k}"
-    if modality and len(set(emb.items.column("modality").to_pylist())) > 1:
+    and the factory of an approximate graph. Read from the items' modality column only: the
+    name is part of the recipe, which must be known before any vector is read."""
+    name = f"{art.name}.knn{k}"
+    if modality and len(_modalities(store, art)) > 1:
         name += f".{modality}"
     if view != 0:
         name += f".view{view}"
     return name if method == "exact" else f"{name}.{method}"
+
+
+def _modalities(store: Store, art: Artifact) -> set[str]:
+    paths = store.table_paths(art, "embedding_items")
+    return set(read_parquet(paths, columns=["modality"]).column("modality").to_pylist()) if paths else set()

@@ -3,7 +3,7 @@
 An index artifact (kind "index", name `<embeddings name>.<factory>`) holds one part:
   - `faiss_index/000000.faiss`: the trained index, serialized by FAISS (a file part, no SQL view);
   - `index_items/000000.parquet`: index row -> item (declared table `index_items`).
-Its recipe is the embeddings artifact id and part versions, the selection (modality, view), the
+Its recipe pins the embeddings artifact's version and holds the selection (modality, view), the
 factory string and the search parameters, so an unchanged request is a no-op and new embedding
 parts give a new index.
 
@@ -15,7 +15,6 @@ one and a GPU is visible; the stored index is always the CPU form."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from clipstore.features.knn import exact_knn, recall_at_k
-from clipstore.features.vectors import Embeddings, load_embeddings
+from clipstore.features.vectors import Embeddings, open_embeddings
 from clipstore.warehouse.errors import ClipstoreError, InputError
 from clipstore.warehouse.parquet import read_parquet, table_spec, write_table
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
@@ -37,6 +36,7 @@ INDEX_ITEMS = pa.schema([
     ("corpus", pa.string()), ("sample_id", pa.string()),
 ])
 INDEX_TABLES = {"index_items": table_spec(INDEX_ITEMS)}
+STAGE_VERSION = 1                   # bump when the same inputs would give another index or recall
 INDEX_FILE = "faiss_index"          # the serialized index: a file part, not a declared table
 FACTORY_EXAMPLES = "Flat (exact), IVF256,Flat, HNSW32, IVF64,PQ16"
 
@@ -161,27 +161,27 @@ def build_index(store: Store, embeddings_ref: str, factory: str = "Flat", *, mod
         if not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
     with store.writing(wait=wait):
-        emb = load_embeddings(store, embeddings_ref)
-        items, vectors = selected_vectors(emb, modality, view)
-        params = {"embeddings": emb.artifact.artifact_id,
-                  "embeddings_version": store.versions([emb.artifact.artifact_id])[emb.artifact.artifact_id],
-                  "modality": modality, "view": view, "factory": factory, "metric": "inner_product",
-                  "nprobe": nprobe, "ef_search": ef_search, "recall_k": recall_k,
+        art = store.get(embeddings_ref, kind="embeddings")
+        params = {"embeddings": art.artifact_id, "modality": modality, "view": view, "factory": factory,
+                  "metric": "inner_product", "nprobe": nprobe, "ef_search": ef_search, "recall_k": recall_k,
                   "recall_queries": recall_queries, "seed": seed}
-        name = f"{emb.artifact.name}.{factory}" + _selection_suffix(modality, view)
-        builder = store.begin(kind="index", name=name, stage="index", params=params,
-                              inputs=[emb.artifact.artifact_id], tables=INDEX_TABLES, config=params)
+        name = f"{art.name}.{factory}" + _selection_suffix(modality, view)
+        builder = store.produce(kind="index", name=name, stage="index", version=STAGE_VERSION, params=params,
+                                inputs=[art], tables=INDEX_TABLES, config=params)
+        if isinstance(builder, Artifact):   # a no-op: no vector is read
+            return builder
         with builder.failing_on_error():
-            if (done := builder.reuse_if_complete()) is not None:
-                return done
+            items, vectors = selected_vectors(open_embeddings(store, art), modality, view)
             return _build(store, builder, items, vectors, factory, nprobe, ef_search, recall_k, recall_queries, seed)
 
 
 def _build(store: Store, builder: ArtifactBuilder, items: pa.Table, vectors: np.ndarray, factory: str,
            nprobe, ef_search, recall_k: int, recall_queries: int, seed: int) -> Artifact:
     timings: dict = {}
-    if builder.committed_parts(INDEX_FILE):  # a killed run committed the index but did not finish
-        index, _ = _read_index(store, builder.artifact_id)
+    if builder.is_committed(0):  # a killed run committed the index but did not finish
+        [(_, _, index_file)] = builder.committed_parts(INDEX_FILE)   # pending: not yet visible to readers
+        index = faiss.read_index(str(index_file))
+        set_search_params(index, nprobe=nprobe, ef_search=ef_search)
         searcher, device = _to_gpu(index)
         timings["resumed"] = True
     else:
@@ -194,7 +194,6 @@ def _build(store: Store, builder: ArtifactBuilder, items: pa.Table, vectors: np.
     stats = {"factory": factory, "index_type": type(faiss.downcast_index(index)).__name__, "metric": "inner_product",
              "exact": exact, "device": device, "dim": int(index.d), "ntotal": int(index.ntotal),
              **search_params(index), f"recall_at_{recall['k']}": recall["recall"], "recall": recall, **timings}
-    builder.write_file("stats.json", json.dumps(stats, indent=1, sort_keys=True))
     counts = {"vectors": int(index.ntotal)}
     return builder.finish(counts, stats, summary={**counts, "recall": recall["recall"], "exact": exact})
 

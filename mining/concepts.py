@@ -76,8 +76,8 @@ def mine_concepts(store: Store, *, split: str | None = None, role: str | None = 
                 terms[corpus], run = build_terms(store, corpus, mapper, progress=progress)
                 parsed[corpus] = run["parsed_captions"]
         terms_ids = [a.artifact_id for a in terms.values()]
-        params = {**settings, "terms": {c: a.artifact_id for c, a in terms.items()},
-                  "terms_versions": store.versions(terms_ids), "extractor": parser.info["mode"]}
+        params = {**settings, "terms": {c: a.artifact_id for c, a in terms.items()},  # pinned as inputs
+                  "extractor": parser.info["mode"]}
         builder = begin_vocab(store, "concepts", name or vocab_name("concepts", scope.label), params, scope,
                               CONCEPT_VOCAB_TABLES, extra_inputs=terms_ids)
         with builder.failing_on_error():

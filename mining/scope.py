@@ -7,9 +7,10 @@ not: that is how S-CLIP mined its YAKE lists (the train captions of RSICD+UCM+Sy
 per corpus (`source_splits={"rsicd": "train"}`, written `--corpus rsicd:train` on the command
 line) filters only that corpus; the others keep every caption (or `source_split`'s).
 
-A scope's `versions` (input artifact -> digest of its committed parts) go into every recipe
-built on it, so re-mining unchanged inputs returns the existing artifact and a corpus that
-gained data gives a new one."""
+A scope's `inputs` are the input artifacts of every recipe built on it; `store.produce` pins
+their versions, so re-mining unchanged inputs returns the existing artifact and a corpus that
+gained data gives a new one. `versions` (input artifact -> digest of its visible parts) is
+what was read, for reports; it is not a recipe parameter."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class Scope:
     role: str | None = None
     source_split: str | None = None     # with corpora: only entries of the sources' own split
     inputs: dict[str, Artifact] = field(default_factory=dict)   # corpus name / "split:<name>" -> artifact
-    versions: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)      # reported, not pinned (produce pins inputs)
     source_splits: dict[str, str] = field(default_factory=dict)  # per corpus, when they differ
 
     @property
@@ -64,8 +65,7 @@ class Scope:
         return list(SPLIT_ROLES.get(self.role, (self.role,))) if self.role else []
 
     def params(self) -> dict:
-        params = {"split": self.split, "role": self.role, "corpora": list(self.corpora),
-                  "input_versions": self.versions}
+        params = {"split": self.split, "role": self.role, "corpora": list(self.corpora)}
         if self.source_split:  # only when set, so recipes made before the option keep their ids
             params["source_split"] = self.source_split
         if self.source_splits:
@@ -147,7 +147,7 @@ def resolve_scope(store: Store, *, split: str | None = None, role: str | None = 
         raise NotFoundError(f"no corpus {', '.join(map(repr, missing))} in the store (corpora: {have})",
                             where=str(store.root), fix="ingest it first (`clipstore ingest FORMAT PATH --name NAME`)")
     inputs.update({c: found[c] for c in corpora})
-    versions = store.versions(sorted(a.artifact_id for a in inputs.values()))
+    versions = store.version_digests(sorted(a.artifact_id for a in inputs.values()))
     return Scope(tuple(corpora), split, role, source_split, inputs, versions, source_splits)
 
 

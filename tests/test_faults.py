@@ -93,7 +93,7 @@ def test_disk_full_in_the_shard_writer_is_an_error_and_resumes_after_freeing_spa
     assert ingest_cli(root, corpus).returncode == 0
     reference = tmp_path / "reference"
     assert ingest_cli(reference, corpus).returncode == 0
-    digests = lambda r: Store(r, create=False).versions([Store(r, create=False).get("c").artifact_id])  # noqa: E731
+    digests = lambda r: Store(r, create=False).version_digests([Store(r, create=False).get("c").artifact_id])  # noqa: E731
     assert list(digests(root).values()) == list(digests(reference).values())
 
 

@@ -64,9 +64,9 @@ def write_corpus(shared, root, files: dict) -> None:
 
 def commit_embeddings(store, name, modality, rows: list[dict], vectors: np.ndarray):
     with store.writing():
-        builder = store.begin(kind="embeddings", name=name, stage="embed", tables=EMBEDDING_TABLES,
-                              params={"fingerprint": FINGERPRINT, "model": "thumb16", "modality": modality,
-                                      "corpus": ["ucm_a", "ucm_b"], "views": 1})
+        builder = store.produce(kind="embeddings", name=name, stage="embed", version=1, tables=EMBEDDING_TABLES,
+                                params={"fingerprint": FINGERPRINT, "model": "thumb16", "modality": modality,
+                                        "corpus": ["ucm_a", "ucm_b"], "views": 1}, reuse=False)
         commit_vectors(builder, 0, rows, vectors)
         return builder.finish({"vectors": len(rows)})
 

@@ -29,9 +29,9 @@ def indexed(tmp_path_factory):
     items = [{"item_id": f"img{i:05d}", "modality": "image", "view": 0, "corpus": "c", "sample_id": f"s{i}",
               "text": None} for i in range(len(x))]
     with store.writing():
-        builder = store.begin(kind="embeddings", name="emb", stage="embed",
-                              params={"fingerprint": "fp", "model": "test", "modality": "image"},
-                              tables=EMBEDDING_TABLES)
+        builder = store.produce(kind="embeddings", name="emb", stage="embed", version=1,
+                                params={"fingerprint": "fp", "model": "test", "modality": "image"},
+                                tables=EMBEDDING_TABLES, reuse=False)
         commit_vectors(builder, 0, items[:1800], x[:1800])
         commit_vectors(builder, 1, items[1800:], x[1800:])
         emb = builder.finish({"vectors": len(x)})
@@ -102,6 +102,18 @@ def test_same_request_is_a_noop(indexed):
     again = build_index(store, "emb", "HNSW8", recall_queries=100)  # by name this time
     assert again.artifact_id == first.artifact_id and again.stats == first.stats
     assert run_statuses(store, first.artifact_id) == ["done", "noop"]
+
+
+def test_a_noop_reads_no_vector_file(indexed, monkeypatch):
+    store, emb, _ = indexed
+    first = build_index(store, emb.artifact_id, "Flat", recall_queries=50)
+    opened = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda f, *a, **kw: opened.append(str(f)) or real_load(f, *a, **kw))
+    again = build_index(store, emb.artifact_id, "Flat", recall_queries=50)
+    assert again.noop and again.artifact_id == first.artifact_id and opened == []
+    other = build_index(store, emb.artifact_id, "Flat", recall_queries=60)   # new work does read them
+    assert not other.noop and sum(f.endswith(".npy") for f in opened) == 2
 
 
 def test_bad_requests_are_clear_errors(indexed):

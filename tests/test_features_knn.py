@@ -137,8 +137,8 @@ def make_embeddings(store, name, vectors, modality="image", parts=1, sample_pref
               "sample_id": f"{sample_prefix}{i:05d}", "text": None} for i in range(n)]
     params = {"fingerprint": f"fp-{name}", "model": "test", "modality": modality, "corpus": "c", "views": 1}
     with store.writing():
-        builder = store.begin(kind="embeddings", name=name, stage="embed", params=params,
-                              tables=EMBEDDING_TABLES)
+        builder = store.produce(kind="embeddings", name=name, stage="embed", version=1, params=params,
+                                tables=EMBEDDING_TABLES, reuse=False)
         bounds = np.linspace(0, n, parts + 1).astype(int)
         for part, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
             commit_vectors(builder, part, items[a:b], vectors[a:b])
@@ -183,6 +183,31 @@ def test_graph_is_idempotent_and_changes_with_its_recipe(store):
     assert clamped.stats["k"] == 299 and clamped.stats["k_requested"] == 1000
 
 
+def refuse_vector_reads(monkeypatch):
+    """Make reading any .npy vector file fail the test (a no-op must not open one)."""
+    real_load = np.load
+
+    def load(file, *args, **kwargs):
+        if str(file).endswith(".npy"):
+            raise AssertionError(f"a vector file was read: {file}")
+        return real_load(file, *args, **kwargs)
+    monkeypatch.setattr(np, "load", load)
+
+
+def test_a_repeated_graph_is_a_noop_that_reads_no_vectors(store, monkeypatch):
+    emb = make_embeddings(store, "img", clustered(400, 16, seed=11), parts=2)
+    exact = build_knn_graph(store, emb.artifact_id, k=5)
+    approx = build_knn_graph(store, emb.artifact_id, k=5, method="Flat", recall_queries=50)
+    assert not exact.noop and not approx.noop
+    refuse_vector_reads(monkeypatch)
+    again = build_knn_graph(store, emb.artifact_id, k=5)
+    again_approx = build_knn_graph(store, emb.artifact_id, k=5, method="Flat", recall_queries=50)
+    assert again.noop and again.artifact_id == exact.artifact_id and again.counts == exact.counts
+    assert again_approx.noop and again_approx.artifact_id == approx.artifact_id
+    with pytest.raises(AssertionError, match="a vector file was read"):   # the guard does catch a real read
+        build_knn_graph(store, emb.artifact_id, k=6)
+
+
 def test_approximate_graph_records_its_measured_recall(store):
     x = clustered(2000, 32, seed=9, centers=40, noise=0.6)
     emb = make_embeddings(store, "img", x)
@@ -203,8 +228,8 @@ def test_approximate_graph_records_its_measured_recall(store):
 def test_graph_selects_one_modality_and_refuses_what_is_not_there(store):
     x = clustered(200, 16, seed=10)
     with store.writing():
-        builder = store.begin(kind="embeddings", name="mixed", stage="embed", params={"modality": "mixed"},
-                              tables=EMBEDDING_TABLES)
+        builder = store.produce(kind="embeddings", name="mixed", stage="embed", version=1,
+                                params={"modality": "mixed"}, tables=EMBEDDING_TABLES, reuse=False)
         items = [{"item_id": f"{m}{i}", "modality": m, "view": 0, "corpus": "c", "sample_id": f"s{i}", "text": None}
                  for m in ("img", "cap") for i in range(100)]
         for it in items:

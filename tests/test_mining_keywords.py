@@ -145,7 +145,7 @@ def test_changed_parameter_or_grown_corpus_gives_a_new_version(tmp_path):
     grown = mine_keywords(store, corpora=["karpathy"], top=20, progress=False)
     assert grown.artifact_id != first.artifact_id
     assert grown.inputs == first.inputs                       # same corpus artifact ...
-    assert grown.params["input_versions"] != first.params["input_versions"]   # ... at a new version
+    assert grown.recipe["inputs"] != first.recipe["inputs"]   # ... pinned at a new version
     assert "harbor" in [r["keyword"] for r in vocab_keywords(store, grown.artifact_id)]
     assert grown.counts["image_keywords"] == 9
 

@@ -534,13 +534,3 @@ class ArtifactBuilder:
                 pass
             raise
 
-
-def _legacy_begin(self, *, kind: str, name: str, stage: str, params: dict, inputs: list[str] | None = None,
-                  tables: dict | None = None, config: dict | None = None) -> ArtifactBuilder:
-    """Transitional: the pre-`produce` entry point, until every stage has moved over."""
-    return self.produce(kind=kind, name=name, stage=stage, version=0, params=params, inputs=inputs or [],
-                        tables=tables, config=config, reuse=False)
-
-
-Store.begin = _legacy_begin
-Store.versions = Store.version_digests
