@@ -97,14 +97,14 @@ def _select_role(store: Store, session: Session, split: str, role: str | None) -
                          f"(e.g. {gone[0]}): the split is older than its corpora",
                          where=str(store.root), fix=f"rebuild the split (clipstore split {split} ...)")
     corpora = list(dict.fromkeys(r["corpus"] for r in rows))
-    inputs = {f"split:{split}": art, **_corpus_artifacts(store, corpora)}
+    inputs = {f"split:{split}": art, **store.corpora(corpora)}
     samples = _refs(store, session, inputs, rows)
     return Selection(f"{split}.{role}", {"split": split, "role": role}, samples, inputs,
                      store.version_digests(sorted(a.artifact_id for a in inputs.values())))
 
 
 def _select_corpus(store: Store, session: Session, corpus: str) -> Selection:
-    inputs = _corpus_artifacts(store, [corpus])
+    inputs = store.corpora([corpus])
     tables = session.tables()
     if "images" not in tables:
         rows, total = [], 0
@@ -119,16 +119,6 @@ def _select_corpus(store: Store, session: Session, corpus: str) -> Selection:
     return Selection(corpus, {"corpus": corpus}, samples, inputs,
                      store.version_digests(sorted(a.artifact_id for a in inputs.values())),
                      skipped=total - len(samples))
-
-
-def _corpus_artifacts(store: Store, names: list[str]) -> dict[str, Artifact]:
-    found = {a.name: a for a in store.current_all("corpus")}
-    missing = [n for n in names if n not in found]
-    if missing:
-        have = ", ".join(sorted(found)) or "none yet"
-        raise NotFoundError(f"no corpus {', '.join(map(repr, missing))} in the store (corpora: {have})",
-                            where=str(store.root), fix="ingest it first (`clipstore ingest FORMAT PATH --name NAME`)")
-    return {n: found[n] for n in names}
 
 
 def _refs(store: Store, session: Session, inputs: dict[str, Artifact], rows: list[dict]) -> list[SampleRef]:

@@ -79,10 +79,10 @@ def export_openclip(store: Store | str | Path, out: str | Path, *, split: str | 
     tmp.mkdir()
     try:
         sizes = _write_shards(selection, tmp, shard_size)
-        fs.atomic_write_text(tmp / "sizes.json", json.dumps(sizes, indent=1, sort_keys=True))
+        fs.atomic_write_bytes(tmp / "sizes.json", json.dumps(sizes, indent=1, sort_keys=True).encode())
         manifest = {**recipe, "digest": recipe_digest, "label": selection.label,
                     "samples": sum(sizes.values()), "shards": sorted(sizes), "skipped": selection.skipped}
-        fs.atomic_write_text(tmp / "export.json", json.dumps(manifest, indent=1, sort_keys=True))
+        fs.atomic_write_bytes(tmp / "export.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
         _swap_into_place(tmp, out)
     except BaseException:
         fs.remove(tmp)
