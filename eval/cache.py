@@ -14,7 +14,7 @@ from clipstore.warehouse.errors import ClipstoreError
 from clipstore.warehouse.store import Artifact, Store
 
 __all__ = ["LoadedModel", "ModelSpec", "model_of", "cached", "vectors_by_id", "class_vectors_from_cache",
-           "encode_class_prompts", "templates_of"]
+           "templates_of"]
 
 
 def model_of(model: ModelSpec | LoadedModel | str) -> LoadedModel:
@@ -28,10 +28,13 @@ def templates_of(name_or_path: str) -> TemplateSet:
 
 
 def cached(store: Store, model: LoadedModel, corpus: str, modalities: tuple[str, ...], templates: str | None = None,
-           progress: bool = False, wait: bool = False) -> dict[str, Artifact]:
+           class_names: tuple[str, ...] = (), progress: bool = False, wait: bool = False) -> dict[str, Artifact]:
     """The embeddings artifacts (by modality) of a corpus, embedding only what is missing (a cache
-    hit runs no model pass). One embed call for all modalities: one catalog session."""
+    hit runs no model pass). One embed call for all modalities: one catalog session. `class_names`:
+    display names to prompt besides the corpus's own (normalised names), cached alike."""
     kwargs = {"templates": templates} if templates is not None else {}
+    if class_names:
+        kwargs["class_names"] = list(class_names)
     arts = embed(store, model=model, corpus=corpus, modality=modalities, progress=progress, wait=wait, **kwargs)
     return dict(zip(modalities, arts))
 
@@ -59,17 +62,3 @@ def class_vectors_from_cache(store: Store, artifact: Artifact, names: list[str])
         raise ClipstoreError(f"classes {', '.join(missing[:5])} have no prompt vector in {artifact.name}",
                              where=artifact.artifact_id, fix="re-run `clipstore embed --modality classname`")
     return np.asarray(matrix[[row_of[n] for n in names]], dtype=np.float32)
-
-
-def encode_class_prompts(model: LoadedModel, names: list[str], templates: TemplateSet,
-                         batch_size: int = 256) -> np.ndarray:
-    """Class vectors for names the corpus does not hold (normalised names): per class the
-    renormalised mean of its normalised prompt embeddings, as the cache computes them."""
-    prompts = [p for n in names for p in templates.prompts(n)]
-    raw = np.concatenate([model.encode_texts(prompts[i:i + batch_size]).numpy()
-                          for i in range(0, len(prompts), batch_size)])
-    unit = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
-    mean = unit.reshape(len(names), len(templates.templates), -1).mean(axis=1)
-    mean = mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
-    # stored class vectors are float16; round the same way so both paths score alike
-    return mean.astype(np.float16).astype(np.float32)

@@ -133,10 +133,12 @@ def _embedder(store: Store, model, progress: bool, wait: bool):
     """cache.cached, memoised per run: two protocols on one corpus ask the cache once."""
     memo: dict[tuple, dict[str, Artifact]] = {}
 
-    def embedded(corpus: str, modalities: tuple[str, ...], templates: str | None) -> dict[str, Artifact]:
-        key = (corpus, modalities, templates)
+    def embedded(corpus: str, modalities: tuple[str, ...], templates: str | None,
+                 class_names: tuple[str, ...] = ()) -> dict[str, Artifact]:
+        key = (corpus, modalities, templates, class_names)
         if key not in memo:
-            memo[key] = cache.cached(store, model, corpus, modalities, templates, progress=progress, wait=wait)
+            memo[key] = cache.cached(store, model, corpus, modalities, templates, class_names,
+                                     progress=progress, wait=wait)
         return memo[key]
 
     return embedded
@@ -146,10 +148,9 @@ def _prepare_zeroshot(store, model, task: Task, corpus: Artifact, embedded) -> _
     templates = cache.templates_of(task.templates)
     with Session(store) as session:
         labelled = data.labelled_images(session, task.corpus, task.split, task.raw_names)
-    uses_cache = labelled.class_names == labelled.corpus_names    # normalised names the corpus already uses
-    arts = embedded(task.corpus, ("image", "classname") if uses_cache else ("image",),
-                    task.templates if uses_cache else None)
-    images_art, classes_art = arts["image"], arts.get("classname")
+    # names the corpus does not use (normalised ones) are prompted once and join its class cache
+    arts = embedded(task.corpus, ("image", "classname"), task.templates, tuple(labelled.class_names))
+    images_art, classes_art = arts["image"], arts["classname"]
     inputs = list(arts.values()) + [corpus]
     vocab = store.current("vocab", labelled.names_vocab) if labelled.names_vocab else None
     if vocab is not None:
@@ -159,8 +160,7 @@ def _prepare_zeroshot(store, model, task: Task, corpus: Artifact, embedded) -> _
 
     def compute():
         images = cache.vectors_by_id(store, images_art, labelled.image_ids, "image", "images")
-        classes = (cache.class_vectors_from_cache(store, classes_art, labelled.corpus_names) if uses_cache
-                   else cache.encode_class_prompts(model, labelled.class_names, templates))
+        classes = cache.class_vectors_from_cache(store, classes_art, labelled.class_names)
         result = metrics.zeroshot(images, classes, np.asarray(labelled.labels))
         common = {"corpus": task.corpus, "split": labelled.split, "task": ZEROSHOT, "protocol": templates.name,
                   "templates": templates.name, "names": labelled.names, "seed": None}

@@ -61,6 +61,9 @@ class Job:
     views: ViewSpec | None = None
     templates: TemplateSet | None = None
     per_template: bool = False
+    # classname: display names prompted besides the corpus's own (e.g. the normalised names of
+    # `mine classnames`); items are keyed by name, so they join the same cache
+    extra_names: tuple[str, ...] = ()
 
     @property
     def source_name(self) -> str:
@@ -93,12 +96,14 @@ class Job:
 def embed(store: Store | str | Path, *, model: ModelSpec | LoadedModel, corpus: str | list[str] | None = None,
           split: str | None = None, modality: str | tuple[str, ...] | list[str] = ("image",), vocab: str | None = None,
           classnames_corpus: str | None = None, templates: str = "default", per_template: bool = False,
-          views: int = 0, augment: str | None = None, seed: int = 0, batch_size: int = 64,
-          workers: int | None = None, wait: bool = False, progress: bool = True) -> list[Artifact]:
+          class_names: list[str] | None = None, views: int = 0, augment: str | None = None, seed: int = 0,
+          batch_size: int = 64, workers: int | None = None, wait: bool = False,
+          progress: bool = True) -> list[Artifact]:
     """Embed the items of one or more corpora (`corpus`, a name or a list; `split`: every corpus
     of that split) or of a vocabulary with a model and return the embeddings artifacts, one per
     (corpus, modality) (plus one for augmented image views when `views` > 0). `model` may be a
-    spec naming a checkpoint artifact. See the module doc."""
+    spec naming a checkpoint artifact. `class_names`: display names to prompt besides a corpus's
+    own classes (the normalised names of `mine classnames`). See the module doc."""
     if isinstance(model, LoadedModel) and model.train:
         raise InputError("a train-mode model embeds with random train transforms",
                          fix="embed with load_model(spec) (build_model(spec, train=False))")
@@ -113,7 +118,8 @@ def embed(store: Store | str | Path, *, model: ModelSpec | LoadedModel, corpus: 
     if view_spec and IMAGE not in modalities:
         raise InputError("--views augments images", fix="add image to --modality, or drop --views")
     corpora = _corpora(store, corpus, split)
-    jobs = _jobs(store, modalities, corpora, vocab, classnames_corpus, templates, per_template, view_spec)
+    jobs = _jobs(store, modalities, corpora, vocab, classnames_corpus, templates, per_template, view_spec,
+                 tuple(class_names or ()))
     if IMAGE in modalities and workers != 0:
         start_worker_server()   # it imports torch while we load the model
     loaded = model if isinstance(model, LoadedModel) else load_model(resolve_model_spec(store, model))
@@ -155,7 +161,8 @@ def _modalities(modality) -> list[str]:
 
 
 def _jobs(store: Store, modalities: list[str], corpora: list[str], vocab: str | None,
-          classnames_corpus: str | None, templates: str, per_template: bool, view_spec: ViewSpec | None) -> list[Job]:
+          classnames_corpus: str | None, templates: str, per_template: bool, view_spec: ViewSpec | None,
+          extra_names: tuple[str, ...] = ()) -> list[Job]:
     """Check every source before any work starts, so a typo in the last one costs nothing."""
     jobs = []
     for m in modalities:
@@ -181,7 +188,7 @@ def _jobs(store: Store, modalities: list[str], corpora: list[str], vocab: str | 
                 raise InputError("--modality classname embeds the classes of a classification corpus",
                                  fix="add --corpus NAME (a corpus with class labels)")
             jobs += [Job(m, sources.corpus_artifact(store, name), templates=template_set(templates),
-                         per_template=per_template) for name in names]
+                         per_template=per_template, extra_names=extra_names) for name in names]
     return jobs
 
 
@@ -202,7 +209,7 @@ def _items(store: Store, session: Session, job: Job) -> list:
     if job.modality == IMAGE:
         return corpus_images(store, session, job.source)
     if job.modality == CLASSNAME:
-        return sources.class_prompts(session, job.source, job.templates)
+        return sources.class_prompts(session, job.source, job.templates, job.extra_names)
     if job.modality == CAPTION:
         return sources.corpus_captions(session, job.source)
     return sources.vocab_texts(session, job.source, job.modality)

@@ -77,15 +77,16 @@ def vocab_texts(session: Session, vocab: Artifact, modality: str) -> list[dict]:
              "text": template.format(r["term"])} for r in rows]
 
 
-def class_prompts(session: Session, corpus: Artifact, templates: TemplateSet) -> list[ClassPrompts]:
+def class_prompts(session: Session, corpus: Artifact, templates: TemplateSet,
+                  extra_names: tuple[str, ...] = ()) -> list[ClassPrompts]:
+    """One entry per distinct display name: the corpus's classes, then `extra_names`."""
     rows = _rows(session, "classes", "SELECT class, name FROM classes WHERE corpus = $corpus ORDER BY class_index",
                  {"corpus": corpus.name})
     if not rows:
         raise InputError(f"corpus {corpus.name} has no classes: it is not a classification corpus",
                          fix="pass a corpus ingested with class labels (e.g. imagefolder) as --corpus")
     out, seen = [], set()
-    for r in rows:
-        name = r["name"] or r["class"]
+    for name in [r["name"] or r["class"] for r in rows] + list(extra_names):
         if name in seen:   # two raw classes with one display name prompt identically
             continue
         seen.add(name)

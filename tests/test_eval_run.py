@@ -233,6 +233,18 @@ def test_normalised_class_names_from_mined_vocabulary(tmp_path, shared_data, tin
     want = np.mean([names[p].replace(" ", "") == s["class"] for p, s in zip(pred, samples)]) * 100
     assert metric(store, norm.run, "ucm_small", "aerial", "top1") == pytest.approx(want)
 
+    # the normalised names' prompt vectors joined the corpus's class cache: asking again encodes nothing
+    cls_items, _ = load_embeddings(store, "ucm_small.classname.tiny-vit.aerial").select(modality="classname")
+    assert set(names) <= set(cls_items.column("text").to_pylist())
+    encoded = []
+    original = tiny.encode_texts
+    tiny.encode_texts = lambda texts: encoded.append(len(texts)) or original(texts)
+    try:
+        again = evaluate(store, tiny, [Task("ucm_small", ZEROSHOT, templates="aerial")], name="again")
+    finally:
+        tiny.encode_texts = original
+    assert encoded == [] and metric(store, again.run, "ucm_small", "aerial", "top1") == pytest.approx(want)
+
 
 def test_seed_template_sets():
     assert template_set("aerial").templates == ("an aerial photograph of {}.",)
