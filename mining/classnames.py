@@ -209,10 +209,9 @@ def mine_classnames(store: Store, corpora: list[str], *, normalise: bool = True,
                   "order": "alphabetical", "match": match_scope.params() if match_scope else None}
         builder = begin_vocab(store, "classnames", name or vocab_name("classnames", scope.label), params, scope,
                               CLASSNAME_VOCAB_TABLES, extra_inputs=match_scope.input_ids if match_scope else [])
+        if isinstance(builder, Artifact):   # this recipe completed before: nothing to do
+            return builder
         with builder.failing_on_error():
-            done = builder.reuse_if_complete()
-            if done is not None:
-                return done
             table = name_table(classes, normalise, overrides)
             keywords = sorted({c.name for c in table})
             classname_rows = [{"vocab_id": builder.artifact_id, "keyword_id": text_id("keyword", c.name),

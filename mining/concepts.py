@@ -80,10 +80,9 @@ def mine_concepts(store: Store, *, split: str | None = None, role: str | None = 
                   "extractor": parser.info["mode"]}
         builder = begin_vocab(store, "concepts", name or vocab_name("concepts", scope.label), params, scope,
                               CONCEPT_VOCAB_TABLES, extra_inputs=terms_ids)
+        if isinstance(builder, Artifact):   # this recipe completed before: nothing to do
+            return builder
         with builder.failing_on_error():
-            reused = builder.reuse_if_complete()
-            if reused is not None:
-                return reused
             tables, stats = build_tables(store, scope, terms, settings, builder.artifact_id)
             tables["vocabularies"] = [vocabulary_row(builder, "concepts", scope.label, METHOD,
                                                      {**settings, "extractor": parser.info},

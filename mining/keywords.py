@@ -161,10 +161,9 @@ def mine_keywords(store: Store, *, split: str | None = None, role: str | None = 
         default_name = vocab_name("keywords", scope.label) + (f".{compat}" if compat else "")
         builder = begin_vocab(store, "keywords", name or default_name, params, scope,
                               KEYWORD_VOCAB_TABLES, extra_inputs=match_scope.input_ids)
+        if isinstance(builder, Artifact):   # this recipe completed before: nothing to do
+            return builder
         with builder.failing_on_error():
-            done = builder.reuse_if_complete()
-            if done is not None:
-                return done
             return _mine(store, builder, scope, match_scope, settings, unique_captions, progress)
 
 

@@ -204,10 +204,9 @@ def import_keywords(store: Store, files_or_dir: str | Path | Sequence[str | Path
                   "match": match_scope.params() if match_scope else None}
         builder = begin_vocab(store, "keywords", name, params, None, KEYWORD_VOCAB_TABLES,
                               extra_inputs=match_scope.input_ids if match_scope else [])
+        if isinstance(builder, Artifact):   # this recipe completed before: nothing to do
+            return builder
         with builder.failing_on_error():
-            done = builder.reuse_if_complete()
-            if done is not None:
-                return done
             stats = {"files": [f.summary() for f in ranking.files], "notes": ranking.notes}
             return write_keyword_vocab(store, builder, kind="keywords", scope_label="import", method="import",
                                        keywords=ranking.keywords,

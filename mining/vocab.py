@@ -22,13 +22,14 @@ def vocab_name(kind: str, scope_label: str) -> str:
 
 
 def begin_vocab(store: Store, kind: str, name: str, params: dict, scope: Scope | None, tables: dict,
-                extra_inputs: list[str] | None = None) -> ArtifactBuilder:
-    """Start the artifact of this vocabulary recipe (call inside `store.writing()`)."""
+                extra_inputs: list[str] | None = None) -> Artifact | ArtifactBuilder:
+    """Produce this vocabulary recipe (call inside `store.writing()`): the finished artifact when
+    it completed before (a recorded no-op), else a builder."""
     # the table layout is part of the recipe: a vocabulary written before a layout change is redone
     full = {**params, **(scope.params() if scope else {}), "tables_version": TABLES_VERSION}
     inputs = sorted(set((scope.input_ids if scope else []) + list(extra_inputs or [])))  # a match scope may repeat them
     return store.produce(kind="vocab", name=name, stage=f"mine {kind}", version=STAGE_VERSIONS[kind], params=full,
-                         inputs=inputs, tables=tables, config=full, reuse=False)
+                         inputs=inputs, tables=tables, config=full)
 
 
 def vocabulary_row(builder: ArtifactBuilder, kind: str, scope_label: str, method: str, params: dict,
