@@ -30,14 +30,14 @@ NAMES = {"str": "a string", "path": "a path string", "int": "an integer", "float
 DATA = {"root": "path"}
 CORPUS = {"name": "str!", "format": "str!", "path": "path!", "images": "path", "image_map": "path",
           "keep_missing": "bool", "preset": "str", "shard_size": "int", "workers": "int",
-          "keep_original": "bool", "max_pixels": "int", "png_level": "int", "replace": "bool"}
+          "keep_original": "bool", "max_pixels": "int", "png_level": "int", "replace": "bool", "max_bytes": "int"}
 SPLIT = {"name": "str!", "corpora": "list[str]!", "unlabeled_corpora": "list[str]", "labeled_ratio": "float!",
          "seed": "int!", "compat": "str"}
 _MATCH = {"match_split": "str", "match_role": "str", "match_corpora": "list[str]"}
 MINE = {
     "keywords": {"split": "str", "role": "str", "corpora": "list[str]", "source_split": "str", "top": "int",
                  "ngram": "int", "dedup_lim": "float", "dedup_func": "str", "window": "int", "language": "str",
-                 "unique_captions": "bool", **_MATCH, "name": "str",
+                 "unique_captions": "bool", "compat": "str", **_MATCH, "name": "str",
                  "export_sclip": "str", "export_sizes": "list[int]"},
     "classnames": {"corpora": "list[str]!", "normalise": "bool", "overrides": "dict", "name": "str", **_MATCH,
                    "export_sclip": "str", "export_sizes": "list[int]"},
@@ -47,9 +47,9 @@ MINE = {
 }
 MODEL_KEYS = {"model": "str", "pretrained": "str", "checkpoint": "path", "allow_download": "bool",
               "precision": "str", "device": "str"}   # the ModelSpec; the rest are embed()'s options
-EMBED = {**MODEL_KEYS, "corpus": "str", "modality": "str|list[str]", "vocab": "str", "classnames_corpus": "str",
-         "templates": "str", "per_template": "bool", "views": "int", "augment": "str", "seed": "int",
-         "batch_size": "int", "workers": "int"}
+EMBED = {**MODEL_KEYS, "corpus": "str|list[str]", "split": "str", "modality": "str|list[str]", "vocab": "str",
+         "classnames_corpus": "str", "class_names": "list[str]", "templates": "str", "per_template": "bool",
+         "views": "int", "augment": "str", "seed": "int", "batch_size": "int", "workers": "int"}
 TABLES = {"data": "[data]", "corpus": "[[corpus]]", "split": "[[split]]", "mine": "[[mine.*]]", "embed": "[[embed]]"}
 
 

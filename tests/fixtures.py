@@ -252,3 +252,40 @@ def write_hf_parquet(root: Path) -> Path:
     pq.write_table(pa.table(train, schema=schema), str(root / "data" / "train-00000-of-00001.parquet"))
     pq.write_table(pa.table(test, schema=schema), str(root / "data" / "test-00000-of-00001.parquet"))
     return root
+
+
+# --------------------------------------------------------------------------- small projects and stores
+
+PROJECT_CLASSES = ["beach", "forest", "harbor"]
+
+
+def write_tiny_project(root: Path, project_toml: str, n: int, captions) -> Path:
+    """A project folder: clipstore.toml, a Karpathy corpus of n generated images under raw/tiny
+    (splits train, train, val, test in turn; `captions(i, cls)` gives an image's captions) and
+    two images per class under raw/cls."""
+    from conftest import write_karpathy
+    raw = root / "raw"
+    entries = []
+    for i in range(n):
+        cls = PROJECT_CLASSES[i % 3]
+        write_image(raw / "tiny" / "images" / f"{i}.png", seed=i)
+        entries.append({"filename": f"{i}.png", "split": ["train", "train", "val", "test"][i % 4],
+                        "captions": captions(i, cls)})
+    write_karpathy(raw / "tiny", entries)
+    write_class_folders(raw / "cls", PROJECT_CLASSES, per_class=2, seed=100)
+    (root / "clipstore.toml").write_text(project_toml)
+    return root
+
+
+def ucm_split_store(root: Path, shared: Path):
+    """Real UCM_captions (2,100 entries, 210 images on disk, the rest kept caption-only) in shards
+    of 200 entries, and a 30% labeled split `u30` over it."""
+    from clipstore.ingest.pipeline import ingest
+    from clipstore.ingest.splits import make_split
+    from clipstore.warehouse.store import Store
+    store = Store(root)
+    ingest(store, "ucm_captions", shared / "ucm_captions", images=shared / "ucmerced_landuse",
+           image_map=shared / "ucmerced_landuse" / "ucm_captions_filename_map.tsv", keep_missing=True,
+           shard_size=200, workers=1, progress=False)
+    make_split(store, "u30", corpora=["ucm_captions"], labeled_ratio=0.3, seed=0)
+    return store

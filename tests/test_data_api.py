@@ -14,22 +14,14 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from clipstore.data import collate
 from clipstore.data import open as open_data
-from clipstore.ingest.pipeline import ingest
-from clipstore.ingest.splits import make_split
 from clipstore.warehouse.errors import ClipstoreError, InputError, NotFoundError
 from clipstore.warehouse.sql import query
-from clipstore.warehouse.store import Store
+from fixtures import ucm_split_store
 
 
 @pytest.fixture(scope="module")
 def ucm(tmp_path_factory, shared_data):
-    store = Store(tmp_path_factory.mktemp("ucm") / "store")
-    d = shared_data
-    ingest(store, "ucm_captions", d / "ucm_captions", images=d / "ucmerced_landuse",
-           image_map=d / "ucmerced_landuse" / "ucm_captions_filename_map.tsv", keep_missing=True,
-           shard_size=200, workers=1, progress=False)
-    make_split(store, "u30", corpora=["ucm_captions"], labeled_ratio=0.3, seed=0)
-    return store
+    return ucm_split_store(tmp_path_factory.mktemp("ucm") / "store", shared_data)
 
 
 def table_rows(store, split, role):

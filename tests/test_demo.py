@@ -14,9 +14,8 @@ from clipstore import demo
 from clipstore.project import load
 from clipstore.warehouse.store import Store
 from conftest import run_main, write_karpathy
-from fixtures import write_class_folders, write_image
+from fixtures import write_image, write_tiny_project
 
-CLASSES = ["beach", "forest", "harbor"]
 PROJECT = """
 [data]
 root = "raw"
@@ -55,17 +54,8 @@ workers = 1
 
 @pytest.fixture
 def project_dir(tmp_path):
-    raw = tmp_path / "raw"
-    entries = []
-    for i in range(12):
-        cls = CLASSES[i % 3]
-        write_image(raw / "tiny" / "images" / f"{i}.png", seed=i)
-        entries.append({"filename": f"{i}.png", "split": ["train", "train", "val", "test"][i % 4],
-                        "captions": [f"a {cls} with {i} green trees and a road .", f"the {cls} near a river ."]})
-    write_karpathy(raw / "tiny", entries)
-    write_class_folders(raw / "cls", CLASSES, per_class=2, seed=100)
-    (tmp_path / "clipstore.toml").write_text(PROJECT)
-    return tmp_path
+    return write_tiny_project(tmp_path, PROJECT, 12, lambda i, cls: [f"a {cls} with {i} green trees and a road .",
+                                                                    f"the {cls} near a river ."])
 
 
 @pytest.mark.slow

@@ -10,10 +10,9 @@ import json
 import pytest
 
 from clipstore import project as proj
-from conftest import run_main, write_karpathy
-from fixtures import write_class_folders, write_image
+from conftest import run_main
+from fixtures import write_tiny_project
 
-CLASSES = ["beach", "forest", "harbor"]
 
 PROJECT = """
 [data]
@@ -57,17 +56,8 @@ workers = 1
 @pytest.fixture
 def project_dir(tmp_path):
     """A project folder: clipstore.toml, a Karpathy corpus of 20 generated images, class folders."""
-    raw = tmp_path / "raw"
-    entries = []
-    for i in range(20):
-        cls = CLASSES[i % 3]
-        write_image(raw / "tiny" / "images" / f"{i}.png", seed=i)
-        entries.append({"filename": f"{i}.png", "split": ["train", "train", "val", "test"][i % 4],
-                        "captions": [f"a {cls} with {i} green trees .", f"the {cls} seen from above ."]})
-    write_karpathy(raw / "tiny", entries)
-    write_class_folders(raw / "cls", CLASSES, per_class=2, seed=100)
-    (tmp_path / "clipstore.toml").write_text(PROJECT)
-    return tmp_path
+    return write_tiny_project(tmp_path, PROJECT, 20, lambda i, cls: [f"a {cls} with {i} green trees .",
+                                                                    f"the {cls} seen from above ."])
 
 
 def _sql(store, sql):

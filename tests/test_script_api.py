@@ -15,7 +15,7 @@ from fixtures import write_image
 SCRIPT = '''\
 from clipstore.features.embed import embed
 from clipstore.features.models import ModelSpec
-from clipstore.ingest import run as ingest
+from clipstore.ingest.pipeline import ingest
 from clipstore.warehouse import Store
 from clipstore.warehouse.sql import query
 

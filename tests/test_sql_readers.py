@@ -1,5 +1,6 @@
 """Readers during a write: SQL sessions opened while an ingest commits part after part, in another
-process, never fail, and each sees whole parts only (every table of a part, or none of them)."""
+process, never fail, and each sees a whole version only: the previous complete one until the
+run finishes, then the new one (never some of the new parts)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import time
 
 import pytest
 
+import shutil
+
+from clipstore.ingest.pipeline import ingest
 from clipstore.warehouse.sql import Session
 from clipstore.warehouse.store import Store
 from conftest import karpathy_from_real_images, run_cli
 
-N_IMAGES, SHARD = 60, 2
+N_IMAGES, FIRST, SHARD = 60, 20, 2
 READ = ("SELECT (SELECT count(*) FROM samples) AS samples, (SELECT count(*) FROM captions) AS captions, "
         "(SELECT count(*) FROM images) AS images")
 
@@ -26,8 +30,15 @@ def _snapshot_is_whole(row: dict) -> bool:
 @pytest.mark.slow
 def test_reads_during_an_ingest_never_fail(tmp_path, shared_data):
     corpus = tmp_path / "corpus"
-    karpathy_from_real_images(shared_data, corpus, N_IMAGES)
+    names = karpathy_from_real_images(shared_data, corpus, N_IMAGES)
+    later = tmp_path / "later"
+    later.mkdir()
+    for name in names[FIRST:]:    # a first version with FIRST images (the rest rejected as missing)
+        shutil.move(corpus / "images" / name, later / name)
     store = Store(tmp_path / "store")
+    ingest(store, "karpathy", corpus, name="busy", shard_size=SHARD, workers=1, progress=False)
+    for name in names[FIRST:]:    # the images arrive: the re-ingest below grows the corpus part by part
+        shutil.move(later / name, corpus / "images" / name)
     writer = subprocess.Popen([sys.executable, "-m", "clipstore", "-q", "--store", str(store.root), "ingest",
                                "karpathy", str(corpus), "--name", "busy", "--shard-size", str(SHARD),
                                "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -38,9 +49,9 @@ def test_reads_during_an_ingest_never_fail(tmp_path, shared_data):
             with Session(store) as session:
                 if "samples" in session.tables():
                     row = session.query(READ).to_pylist()[0]
-                    seen.append(row)
-                    if not _snapshot_is_whole(row):
-                        failures.append(f"partial part visible: {row}")
+                    seen.append({**row, "writing": writer.poll() is None})
+                    if not _snapshot_is_whole(row) or row["samples"] not in (FIRST, N_IMAGES):
+                        failures.append(f"part of a version visible: {row}")
                 else:
                     seen.append(None)   # before the first commit: no samples table yet
         except Exception as exc:   # noqa: BLE001 - any failure of a reader is what this test counts
@@ -50,7 +61,7 @@ def test_reads_during_an_ingest_never_fail(tmp_path, shared_data):
     out, err = writer.communicate(timeout=120)
     assert writer.returncode == 0, err
     assert len(seen) >= 40
-    assert sum(1 for r in seen if r and 0 < r["samples"] < N_IMAGES) >= 3, "no read overlapped the ingest"
+    assert sum(1 for r in seen if r and r["writing"] and r["samples"] == FIRST) >= 3, "no read overlapped the ingest"
     for proc in cli_calls:
         if proc.returncode != 0:
             failures.append(f"clipstore sql exited {proc.returncode}: {proc.stderr}")
