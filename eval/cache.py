@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from clipstore.features.embed import embed
+from clipstore.features.checkpoint_artifacts import resolve_model_spec
 from clipstore.features.models import LoadedModel, ModelSpec, load_model
 from clipstore.features.prompts import TemplateSet, template_set
 from clipstore.features.vectors import load_embeddings
@@ -17,10 +18,12 @@ __all__ = ["LoadedModel", "ModelSpec", "model_of", "cached", "vectors_by_id", "c
            "templates_of"]
 
 
-def model_of(model: ModelSpec | LoadedModel | str) -> LoadedModel:
+def model_of(store: Store, model: ModelSpec | LoadedModel | str) -> LoadedModel:
+    """The loaded model a spec names; `--model <checkpoint artifact>` resolves through the store."""
     if isinstance(model, LoadedModel):
         return model
-    return load_model(ModelSpec(model) if isinstance(model, str) else model)
+    spec = ModelSpec(model) if isinstance(model, str) else model
+    return load_model(resolve_model_spec(store, spec))
 
 
 def templates_of(name_or_path: str) -> TemplateSet:

@@ -76,7 +76,7 @@ def evaluate(store: Store, model, tasks: list[Task], *, name: str | None = None,
     The run is named `name`, or eval.<label or corpus>.<model>.<digest of the recipe's parameters>."""
     if not tasks:
         raise InputError("nothing to evaluate", fix="name a corpus, or a suite whose corpora are ingested")
-    loaded = cache.model_of(model)
+    loaded = cache.model_of(store, model)
     prepared, skipped = [], []
     embedded = _embedder(store, loaded, progress, wait)
     for task in tasks:

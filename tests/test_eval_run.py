@@ -252,3 +252,16 @@ def test_seed_template_sets():
     rs = template_set("reclip_rs").templates
     assert len(set(rs)) == 18 and all(t.count("{}") == 1 for t in rs)
     assert (rs[0], rs[6], rs[-1]) == ("satellite imagery of {}.", "satellite imagery of a {}.", "aerial view of the {}.")
+
+
+def test_a_checkpoint_artifact_is_a_model_spec(synth_store, tiny, tmp_path):
+    """`--model <checkpoint artifact>` evaluates those weights: the same numbers as the model itself."""
+    from clipstore.features.checkpoint_artifacts import register_checkpoint
+    from clipstore.features.models import save_checkpoint
+    path = save_checkpoint(tmp_path / "round1.safetensors", tiny.model.state_dict(), {"model": "tiny-vit"})
+    art = register_checkpoint(synth_store, path, "round1")
+    task = [Task("synth_cls", ZEROSHOT, templates="aerial")]
+    direct = evaluate(synth_store, tiny, task, name="direct")
+    via_artifact = evaluate(synth_store, ModelSpec(art.artifact_id), task, name="via-artifact")
+    assert metric(synth_store, via_artifact.run, "synth_cls", "aerial", "top1") == \
+        metric(synth_store, direct.run, "synth_cls", "aerial", "top1")

@@ -140,8 +140,10 @@ def test_runs_record_the_code_revision(store, tmp_path, shared_data):
     if head.returncode != 0:
         assert (revision, dirty) == (None, None)
     else:
-        assert revision == head.stdout.strip() and (revision, dirty) == git_revision()
-        assert isinstance(dirty, bool)
+        # the process reads the revision once: compare with that, and check it is a commit of this repo
+        assert (revision, dirty) == git_revision() and isinstance(dirty, bool)
+        kind = subprocess.run(["git", "cat-file", "-t", revision], cwd=REPO, capture_output=True, text=True)
+        assert kind.stdout.strip() == "commit"
 
 
 def test_a_store_from_before_version_pointers_is_migrated(tmp_path, shared_data):
