@@ -6,6 +6,7 @@ that never reach the network and name the package they need."""
 from __future__ import annotations
 
 import http.server
+import sys
 import threading
 
 import numpy as np
@@ -165,16 +166,15 @@ def test_nan_weights_and_nan_outputs_are_refused(store, tmp_path, shared_data):
     assert statuses == ["failed"]
 
 
-def test_a_hugging_face_tokenizer_names_its_package():
-    pytest.importorskip("open_clip")
-    try:
-        import transformers  # noqa: F401
-    except ModuleNotFoundError:
-        with pytest.raises(ClipstoreError, match="needs the `transformers` package") as err:
-            load_model(ModelSpec("ViT-B-16-SigLIP", pretrained="random"))
-        assert "pip install transformers" in err.value.fix
-    else:
-        pytest.skip("transformers is installed here")
+def test_a_hugging_face_tokenizer_names_its_package(monkeypatch):
+    """Where `transformers` is absent (hidden here: the dev environment installs it for the
+    offline-guard test below), the error names the package instead of a ModuleNotFoundError."""
+    for name in [m for m in sys.modules if m == "transformers" or m.startswith("transformers.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "transformers", None)   # import transformers -> ModuleNotFoundError
+    with pytest.raises(ClipstoreError, match="needs the `transformers` package") as err:
+        load_model(ModelSpec("ViT-B-16-SigLIP", pretrained="random"))
+    assert "pip install transformers" in err.value.fix
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
