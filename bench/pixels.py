@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
             refs = corpus_images(cached, session, cached.current("corpus", "bench"))
         files = sorted((work / "corpus" / "images").glob("*.tif"), key=lambda p: int(p.stem))
 
-        out["decode"] = decode_rate(refs, spec, args.min_seconds)
+        decode_now = lambda: decode_rate(refs, spec, args.min_seconds)  # noqa: E731
+        out["decode"] = decode_now()
         t0 = time.perf_counter()
         [px] = cache_pixels(cached, corpus="bench", model=model, workers=args.workers, progress=False)
         out["fill"] = n / (time.perf_counter() - t0)
@@ -136,6 +137,9 @@ def main(argv: list[str] | None = None) -> None:
                     pixel_cache="use", progress=False)
         out["embed_cache"] = n / (time.perf_counter() - t0)
         out["forward"] = max(fwd, bench.forward_bound(model, files, args.batch_size, args.min_seconds))
+        # rates are timed again at the end and the better kept: a load spike on a shared machine
+        # during one timing would otherwise flatter the ratios against it
+        out["decode"] = max(out["decode"], decode_now())
         va, vc = load_embeddings(shards, a.artifact_id), load_embeddings(cached, c.artifact_id)
         assert va.ids == vc.ids
         diff = float(np.abs(va.matrix().astype(np.float32) - vc.matrix().astype(np.float32)).max())

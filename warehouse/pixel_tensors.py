@@ -36,7 +36,7 @@ def _channels(batch) -> torch.Tensor:
         t = batch
     if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
         raise InputError(f"expected a (n, height, width, 3) uint8 batch, got {tuple(t.shape)} {t.dtype}")
-    return t.permute(0, 3, 1, 2)
+    return t.permute(0, 3, 1, 2).contiguous()   # as ToTensor: the model sees the layout decoding gives it
 
 
 def _stats(values, device) -> torch.Tensor:
@@ -54,7 +54,7 @@ def to_model_input(batch, mean=OPENAI_MEAN, std=OPENAI_STD, device: str | torch.
     x = _channels(batch)
     if device is not None:
         x = x.to(device, non_blocking=True)
-    return normalise(x.to(torch.float32).div(255), mean, std)
+    return normalise(x.to(torch.float32).div_(255), mean, std)
 
 
 @dataclass(frozen=True)
@@ -123,14 +123,21 @@ class TrainAugment:
             x = x.to(device, non_blocking=True)
         n, _, height, width = x.shape
         boxes = self.boxes(n, height, width, generator).tolist()
-        flips = (torch.rand(n, generator=generator) < self.flip).tolist()
+        flips = torch.rand(n, generator=generator) < self.flip
         out = torch.empty((n, 3, *self.size), dtype=torch.float32, device=x.device)
-        for i, ((top, left, h, w), flip) in enumerate(zip(boxes, flips)):
-            crop = x[i:i + 1, :, top:top + h, left:left + w].to(torch.float32)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, (_, _, h, w) in enumerate(boxes):
+            by_size.setdefault((h, w), []).append(i)
+        for (h, w), rows in by_size.items():   # one resize per crop size (on a GPU, launches are the cost)
+            crops = torch.stack([x[i, :, top:top + h, left:left + w] for i in rows
+                                 for top, left, _, _ in [boxes[i]]]).to(torch.float32)
             if (h, w) != tuple(self.size):
-                crop = F.interpolate(crop, size=self.size, mode=self.interpolation, align_corners=False,
-                                     antialias=True)
-            out[i] = crop[0].flip(-1) if flip else crop[0]
+                crops = F.interpolate(crops, size=self.size, mode=self.interpolation, align_corners=False,
+                                      antialias=True)
+            out[torch.tensor(rows, device=x.device)] = crops
+        if flips.any():
+            flipped = flips.nonzero()[:, 0].to(x.device)
+            out[flipped] = out[flipped].flip(-1)
         if self.interpolation == "bicubic":
             out.clamp_(0, 255)   # bicubic overshoots; PIL would have clipped to bytes
         return normalise(out.div_(255), self.mean, self.std)

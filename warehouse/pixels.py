@@ -13,7 +13,6 @@ spec gives, after normalisation, the very tensors the eval transform gives: see 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -268,8 +267,3 @@ def open_pixel_cache(store: Store, artifacts: Artifact | str | list[Artifact | s
     return PixelCache(arts, spec, items, parts,
                       np.concatenate(part_of) if part_of else np.zeros(0, np.int32),
                       np.concatenate(local) if local else np.zeros(0, np.int64))
-
-
-def part_paths(store: Store, artifact: Artifact) -> list[Path]:
-    """The visible .npy part files of a pixels artifact, in part order."""
-    return store.table_paths(artifact, "pixels")
