@@ -18,7 +18,8 @@ from clipstore.features.models import ModelSpec, load_model
 from clipstore.features.pixels import cache_pixels
 from clipstore.features.vectors import load_embeddings
 from clipstore.ingest.pipeline import ingest
-from clipstore.warehouse.errors import InputError, NotFoundError
+from clipstore.ingest.splits import make_split
+from clipstore.warehouse.errors import ClipstoreError, InputError, NotFoundError
 from clipstore.warehouse.pixel_tensors import TrainAugment, to_model_input
 from clipstore.warehouse.pixels import PixelSpec, find_pixel_cache, open_pixel_cache
 from clipstore.warehouse.sql import query
@@ -166,6 +167,12 @@ def test_a_grown_corpus_adds_only_its_new_images_and_a_shared_image_is_copied(st
     assert run_summaries(store, "pixels")[-1] == {**run_summaries(store, "pixels")[-1], "decoded": 0, "copied": 16}
     a, b = open_pixel_cache(store, grown), open_pixel_cache(store, other)
     assert np.array_equal(a.images(a.ids), b.images(a.ids))
+    both = open_pixel_cache(store, [grown, other])           # the corpora of a split, as one cache
+    assert both.ids == a.ids and np.array_equal(both[list(range(16))], a[list(range(16))])
+    # --split: every corpus of the split, each already up to date
+    make_split(store, "both", corpora=["gen", "gen2"], labeled_ratio=0.5, seed=0)
+    by_split = cache_pixels(store, split="both", size=24, workers=0, progress=False)
+    assert [x.artifact_id for x in by_split] == [grown.artifact_id, other.artifact_id] and all(x.noop for x in by_split)
     # another spec is another artifact; find_pixel_cache tells them apart
     assert find_pixel_cache(store, "gen", PixelSpec.square(24)).artifact_id == grown.artifact_id
     assert find_pixel_cache(store, "gen", PixelSpec.square(24, interpolation="bilinear")) is None
@@ -239,7 +246,7 @@ def test_a_cache_that_differs_from_decoding_is_not_used(tmp_path, tiny):
     array[:, 0, 0, 0] ^= 1
     array.flush()
     del array
-    with pytest.raises(Exception, match="differs from decoding"):
+    with pytest.raises(ClipstoreError, match="differs from decoding"):
         embed(store, model=tiny, corpus="gen", pixel_cache="use", workers=0, progress=False)
     embed(store, model=tiny, corpus="gen", workers=0, progress=False)
     used = run_summaries(store, "embed")[-1]["pixel_cache"]

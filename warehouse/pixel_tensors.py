@@ -26,8 +26,9 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _ATTEMPTS = 10                                      # as torchvision's RandomResizedCrop.get_params
 
 
-def _channels(batch) -> torch.Tensor:
-    """(n, h, w, 3) uint8 (numpy or torch) -> (n, 3, h, w) uint8 tensor (a view where possible)."""
+def _channels(batch, device=None) -> torch.Tensor:
+    """(n, h, w, 3) uint8 (numpy or torch) -> a contiguous (n, 3, h, w) uint8 tensor, on `device` when
+    given (moved before the reordering: the copy runs there, and a pinned batch stays pinned)."""
     if isinstance(batch, np.ndarray):
         with warnings.catch_warnings():   # a read-only memory map: nothing here writes to it (we convert first)
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -36,6 +37,8 @@ def _channels(batch) -> torch.Tensor:
         t = batch
     if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
         raise InputError(f"expected a (n, height, width, 3) uint8 batch, got {tuple(t.shape)} {t.dtype}")
+    if device is not None:
+        t = t.to(device, non_blocking=True)
     return t.permute(0, 3, 1, 2).contiguous()   # as ToTensor: the model sees the layout decoding gives it
 
 
@@ -51,10 +54,7 @@ def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
 def to_model_input(batch, mean=OPENAI_MEAN, std=OPENAI_STD, device: str | torch.device | None = None) -> torch.Tensor:
     """The eval transform's ToTensor + Normalize on a uint8 batch -> float32 (n, 3, h, w). With
     `device`, the uint8 batch moves first (a quarter of the bytes) and the arithmetic runs there."""
-    x = _channels(batch)
-    if device is not None:
-        x = x.to(device, non_blocking=True)
-    return normalise(x.to(torch.float32).div_(255), mean, std)
+    return normalise(_channels(batch, device).to(torch.float32).div_(255), mean, std)
 
 
 @dataclass(frozen=True)
@@ -118,9 +118,7 @@ class TrainAugment:
 
     def __call__(self, batch, generator: torch.Generator | None = None,
                  device: str | torch.device | None = None) -> torch.Tensor:
-        x = _channels(batch)
-        if device is not None:
-            x = x.to(device, non_blocking=True)
+        x = _channels(batch, device)
         n, _, height, width = x.shape
         boxes = self.boxes(n, height, width, generator).tolist()
         flips = torch.rand(n, generator=generator) < self.flip
