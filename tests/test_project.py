@@ -110,6 +110,7 @@ def test_project_mine_and_embed(project_dir):
     assert "0 built, 2 up to date" in run_main("project", "embed", "--config", config, "--store", store, "-q").stdout
 
 
+@pytest.mark.slow   # ingest, then a model built for its preprocessing
 def test_project_pixels(project_dir):
     config, store = project_dir / "clipstore.toml", project_dir / "store"
     run_main("project", "ingest", "--config", config, "--store", store, "-q")
