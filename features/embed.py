@@ -11,7 +11,10 @@ Images stream from the corpus's shard tars: DataLoader workers (one per shard at
 stored bytes at their recorded offsets, decode, augment and apply the model's eval preprocess; the
 main process runs the model (autocast on GPU) and commits one part per shard, in shard order. A
 run killed at any point leaves a prefix of parts, and the next run embeds exactly the rest, with
-the same batches, hence the same vectors. Texts are embedded in the main process, in parts of
+the same batches, hence the same vectors. When the corpus has a pixel cache of the model's
+preprocessing (`clipstore pixels`, docs/pixels.md), the plain view of every shard it covers is read
+from it instead, in the same batches (no decode, bit-identical inputs; checked on the first image).
+Texts are embedded in the main process, in parts of
 TEXT_PART_SIZE items (progress per batch). NaN/Inf outputs are refused before their part is written.
 See docs/vector-sets.md and docs/models.md."""
 
