@@ -1,7 +1,8 @@
 """The project file (`clipstore.toml`) and `clipstore project STAGE`: which corpora and splits
 `project ingest` builds, which vocabularies `project mine` mines, which embeddings `project embed`
-caches. Every entry is checked against the stage's options before anything runs: an unknown key,
-a missing one or a value of the wrong type is an InputError naming the entry and the known keys."""
+caches, which pixel caches `project pixels` fills. Every entry is checked against the stage's
+options before anything runs: an unknown key, a missing one or a value of the wrong type is an
+InputError naming the entry and the known keys."""
 
 from __future__ import annotations
 
@@ -49,8 +50,12 @@ MODEL_KEYS = {"model": "str", "pretrained": "str", "checkpoint": "path", "allow_
               "precision": "str", "device": "str"}   # the ModelSpec; the rest are embed()'s options
 EMBED = {**MODEL_KEYS, "corpus": "str|list[str]", "split": "str", "modality": "str|list[str]", "vocab": "str",
          "classnames_corpus": "str", "class_names": "list[str]", "templates": "str", "per_template": "bool",
-         "views": "int", "augment": "str", "seed": "int", "batch_size": "int", "workers": "int"}
-TABLES = {"data": "[data]", "corpus": "[[corpus]]", "split": "[[split]]", "mine": "[[mine.*]]", "embed": "[[embed]]"}
+         "views": "int", "augment": "str", "seed": "int", "batch_size": "int", "workers": "int",
+         "pixel_cache": "str"}
+PIXELS = {**MODEL_KEYS, "corpus": "str|list[str]", "split": "str", "size": "int", "resize_mode": "str",
+          "interpolation": "str", "fill_color": "int", "workers": "int"}   # model keys: --model's spec
+TABLES = {"data": "[data]", "corpus": "[[corpus]]", "split": "[[split]]", "mine": "[[mine.*]]", "embed": "[[embed]]",
+          "pixels": "[[pixels]]"}
 
 
 @dataclass
@@ -60,6 +65,7 @@ class Project:
     splits: list[dict]
     mine: dict           # {"keywords": [...], "classnames": [...], "concepts": [...]}: keyword arguments
     embed: list[dict]    # keyword arguments of features.embed.embed, with the model spec inline
+    pixels: list[dict] = None   # keyword arguments of features.pixels.cache_pixels, the model spec inline
     config: Path = DEFAULT_CONFIG
 
 
@@ -132,6 +138,8 @@ def load(config: Path = DEFAULT_CONFIG, data_root: str | Path | None = None) -> 
             check_entry(m, MINE[kind], f"[[mine.{kind}]] #{i + 1}", config)
     embeds = [check_entry(e, EMBED, f"[[embed]] #{i + 1}", config)
               for i, e in enumerate(_entries(doc, "embed", "[[embed]]", config))]
+    pixels = [check_entry(e, PIXELS, f"[[pixels]] #{i + 1}", config)
+              for i, e in enumerate(_entries(doc, "pixels", "[[pixels]]", config))]
 
     given = data_root or os.environ.get("CLIPSTORE_DATA")  # relative to the working directory
     root = Path(given) if given else config.parent / data.get("root", ".")
@@ -142,7 +150,7 @@ def load(config: Path = DEFAULT_CONFIG, data_root: str | Path | None = None) -> 
             if kind.rstrip("!") == "path" and key in c:
                 entry[key] = root / c[key]
         resolved.append(entry)
-    return Project(root, resolved, splits, {k: list(v) for k, v in mine.items()}, embeds, config)
+    return Project(root, resolved, splits, {k: list(v) for k, v in mine.items()}, embeds, pixels, config)
 
 
 # ---- the stages the runner knows -----------------------------------------------------------
@@ -211,6 +219,21 @@ def embed_all(store, project: Project, progress: bool = True, wait: bool = False
     return artifacts
 
 
+def pixels_all(store, project: Project, progress: bool = True, wait: bool = False, report: Report = None) -> list:
+    """Fill the configured pixel caches; only images not yet cached are decoded."""
+    from clipstore.features.models import ModelSpec
+    from clipstore.features.pixels import cache_pixels
+    artifacts = []
+    for options in project.pixels or []:
+        options = dict(options)
+        model = {k: options.pop(k) for k in MODEL_KEYS if k in options}
+        for art in cache_pixels(store, model=ModelSpec(**model) if model else None, progress=progress, wait=wait,
+                                **options):
+            artifacts.append(art)
+            _done(report, art)
+    return artifacts
+
+
 @dataclass(frozen=True)
 class ProjectStage:
     run: Callable[..., list]
@@ -223,6 +246,7 @@ STAGES = {
     "ingest": ProjectStage(ingest_all, "ingest every [[corpus]] (incrementally), then build every [[split]]"),
     "mine": ProjectStage(mine_all, "mine every [[mine.keywords]], [[mine.classnames]] and [[mine.concepts]]"),
     "embed": ProjectStage(embed_all, "cache every [[embed]] entry's embeddings"),
+    "pixels": ProjectStage(pixels_all, "fill every [[pixels]] entry's pixel cache"),
 }
 
 

@@ -50,6 +50,11 @@ model = "tiny-vit"
 corpus = "tiny"
 modality = ["image", "caption"]
 workers = 1
+
+[[pixels]]
+model = "tiny-vit"
+corpus = ["tiny", "tiny_cls"]
+workers = 0
 """
 
 
@@ -103,6 +108,17 @@ def test_project_mine_and_embed(project_dir):
     assert "tiny.image.tiny-vit: built (vectors 20" in embedded
     assert "tiny.caption.tiny-vit: built (vectors 40" in embedded
     assert "0 built, 2 up to date" in run_main("project", "embed", "--config", config, "--store", store, "-q").stdout
+
+
+@pytest.mark.slow   # ingest, then a model built for its preprocessing
+def test_project_pixels(project_dir):
+    config, store = project_dir / "clipstore.toml", project_dir / "store"
+    run_main("project", "ingest", "--config", config, "--store", store, "-q")
+    cached = run_main("project", "pixels", "--config", config, "--store", store, "-q").stdout
+    assert "pixels tiny.pixels.64x64-shortest-bicubic: built (images 20, height 64, width 64)" in cached
+    assert "pixels tiny_cls.pixels.64x64-shortest-bicubic: built (images 6," in cached
+    assert "0 built, 2 up to date" in run_main("project", "pixels", "--config", config, "--store", store,
+                                               "-q").stdout
 
 
 BAD = [
@@ -178,4 +194,6 @@ def test_the_schema_follows_the_stage_apis():
     assert set(proj.MINE["classnames"]) == _api_keys(mine_classnames) | export
     assert set(proj.MINE["concepts"]) == _api_keys(mine_concepts)
     assert set(proj.EMBED) - set(proj.MODEL_KEYS) == _api_keys(embed) - {"model"}
+    from clipstore.features.pixels import cache_pixels
+    assert set(proj.PIXELS) - set(proj.MODEL_KEYS) == _api_keys(cache_pixels) - {"model"}
     assert set(proj.MODEL_KEYS) <= {f.name for f in dataclasses.fields(ModelSpec)}
