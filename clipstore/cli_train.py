@@ -84,6 +84,8 @@ def add_parsers(sub) -> None:
     g.add_argument("--keyword-targets", dest="keyword_targets", choices=KEYWORD_TARGETS, default=S,
                    help=f"candidates' cosines renormalised linearly or by a softmax (default: {d.keyword_targets})")
     g = s.add_argument_group("validation, checkpoints, naming")
+    g.add_argument("--validate", dest="validate", action=argparse.BooleanOptionalAction, default=S,
+                   help="validate through the evaluation stage (default: on)")
     g.add_argument("--val-every", dest="val_every", type=int, default=S,
                    help=f"validate every N epochs and at the end; 0 = only at the end (default: {d.val_every})")
     g.add_argument("--val-zeroshot", dest="val_zeroshot", action="append", metavar="CORPUS", default=S,

@@ -17,6 +17,9 @@ TRAINABLE = ("all", "text", "image", "heads", "ln")
 KEYWORD_TARGETS = ("linear", "softmax")
 # Options that say how a run is carried out, not what it computes: left out of the run's identity.
 NOT_IN_RECIPE = ("name", "workers", "device")
+# One choice, whichever source makes it: a layer that names one of these clears the others an
+# earlier layer set (the command line's --checkpoint replaces the TOML file's pretrained tag).
+WEIGHTS = ("pretrained", "checkpoint", "init_from")
 
 
 @dataclass
@@ -60,6 +63,7 @@ class TrainConfig:
     vocab: str | None = None              # keyword vocabulary; None = keywords.<split>.labeled
     keyword_targets: str = "linear"       # linear | softmax: how the candidates' cosines become q
     # validation, checkpoints, logging
+    validate: bool = True                 # validate at all (through the evaluation stage)
     val_every: int = 5                    # epochs between validations (and the last epoch); 0 = only the last
     val_templates: str = "aerial"
     val_zeroshot: list[str] = field(default_factory=list)   # classification corpora, besides the split's val
@@ -131,12 +135,14 @@ def resolve(toml: str | Path | None = None, overrides: dict | None = None, base:
     """Defaults (or `base`, a stored config), then the TOML file, then `overrides`; checked."""
     values = TrainConfig().to_dict()
     values.update(base or {})
-    if toml is not None:
-        values.update(read_toml(toml))
-    for key, value in (overrides or {}).items():
+    layers = [read_toml(toml) if toml is not None else {}, dict(overrides or {})]
+    for key in layers[1]:
         if key not in FIELDS:
             raise InputError(f"unknown training option {key!r}", fix=f"known options: {', '.join(FIELDS)}")
-        values[key] = _check_type(key, value, "the command line")
+    for layer in layers:
+        if any(layer.get(k) is not None for k in WEIGHTS):
+            values.update(dict.fromkeys(WEIGHTS))
+        values.update({k: _check_type(k, v, "the command line") for k, v in layer.items()})
     return check(TrainConfig(**values))
 
 

@@ -109,7 +109,7 @@ def _train(store: Store, config, resume, overrides, progress: bool, wait: bool, 
     step, log, saved = st["step"], list(st["log"]), list(st["checkpoints"])
     seen = {"labeled": st["labeled_seen"], "unlabeled": st["unlabeled_seen"]}
     frozen = caches.frozen_digests(model.clip.state_dict(), model.cached)
-    tasks = val_tasks(store, cfg) if dist.main else []
+    tasks = val_tasks(store, cfg) if dist.main and cfg.validate else []
     if run.resume:
         say(f"resuming {run.name} at step {step} of {total} from {run.resumed_from.artifact_id}")
     else:
@@ -192,7 +192,7 @@ def _train(store: Store, config, resume, overrides, progress: bool, wait: bool, 
             for n, v in values.items():
                 sums[n] = sums.get(n, 0.0) + v
             if step % cfg.log_every == 0 or step == total:
-                for n, v in {**values, "lr": lr, "logit_scale": f["logit_scale"].item(), "samples_per_s": rate,
+                for n, v in {**values, "lr": lr, "logit_scale": f["logit_scale"].detach().item(), "samples_per_s": rate,
                              "labeled_seen": seen["labeled"], "unlabeled_seen": seen["unlabeled"]}.items():
                     record("train", n, v)
             if cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < total:
@@ -203,7 +203,7 @@ def _train(store: Store, config, resume, overrides, progress: bool, wait: bool, 
         means = {name: v / max(1, steps_here) for name, v in sums.items()}
         say(f"epoch {done_epochs}/{cfg.epochs} step {step}: loss {means.get('loss', float('nan')):.4f} ("
             + ", ".join(f"{name[5:]} {v:.4f}" for name, v in means.items() if name.startswith("loss/"))
-            + f"), lr {lr:.2e}, scale {float(model.logit_scale()):.1f}"
+            + f"), lr {lr:.2e}, scale {model.logit_scale().detach().item():.1f}"
             + (f", {statistics.median(rates):.0f} samples/s" if rates else ""))
         if done_epochs == cfg.epochs:
             break
