@@ -207,7 +207,7 @@ def _train(store: Store, config, resume, overrides, progress: bool, wait: bool, 
             + (f", {statistics.median(rates):.0f} samples/s" if rates else ""))
         if done_epochs == cfg.epochs:
             break
-        validating = bool(cfg.val_every) and done_epochs % cfg.val_every == 0
+        validating = cfg.validate and bool(cfg.val_every) and done_epochs % cfg.val_every == 0
         if validating or (cfg.save_every and done_epochs % cfg.save_every == 0):
             ckpt = checkpoint(final=False)
             if validating:
