@@ -9,7 +9,7 @@ import difflib
 import os
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -50,7 +50,18 @@ MODEL_KEYS = {"model": "str", "pretrained": "str", "checkpoint": "path", "allow_
 EMBED = {**MODEL_KEYS, "corpus": "str|list[str]", "split": "str", "modality": "str|list[str]", "vocab": "str",
          "classnames_corpus": "str", "class_names": "list[str]", "templates": "str", "per_template": "bool",
          "views": "int", "augment": "str", "seed": "int", "batch_size": "int", "workers": "int"}
-TABLES = {"data": "[data]", "corpus": "[[corpus]]", "split": "[[split]]", "mine": "[[mine.*]]", "embed": "[[embed]]"}
+
+
+def _train_schema() -> dict[str, str]:
+    """[[train]]: the trainer's config fields (train/config.py), typed from the dataclass."""
+    from clipstore.train.config import FIELDS
+    kinds = {"str": "str", "int": "int", "float": "float", "bool": "bool", "list[str]": "list[str]"}
+    return {name: kinds[f.type.split(" | ")[0]] for name, f in FIELDS.items()}
+
+
+TRAIN = _train_schema()
+TABLES = {"data": "[data]", "corpus": "[[corpus]]", "split": "[[split]]", "mine": "[[mine.*]]", "embed": "[[embed]]",
+          "train": "[[train]]"}
 
 
 @dataclass
@@ -61,6 +72,7 @@ class Project:
     mine: dict           # {"keywords": [...], "classnames": [...], "concepts": [...]}: keyword arguments
     embed: list[dict]    # keyword arguments of features.embed.embed, with the model spec inline
     config: Path = DEFAULT_CONFIG
+    train: list[dict] = field(default_factory=list)   # fields of train.config.TrainConfig
 
 
 def _unknown(key: str, known, what: str, config: Path) -> InputError:
@@ -132,6 +144,8 @@ def load(config: Path = DEFAULT_CONFIG, data_root: str | Path | None = None) -> 
             check_entry(m, MINE[kind], f"[[mine.{kind}]] #{i + 1}", config)
     embeds = [check_entry(e, EMBED, f"[[embed]] #{i + 1}", config)
               for i, e in enumerate(_entries(doc, "embed", "[[embed]]", config))]
+    trains = [check_entry(t, TRAIN, f"[[train]] #{i + 1}", config)
+              for i, t in enumerate(_entries(doc, "train", "[[train]]", config))]
 
     given = data_root or os.environ.get("CLIPSTORE_DATA")  # relative to the working directory
     root = Path(given) if given else config.parent / data.get("root", ".")
@@ -142,7 +156,7 @@ def load(config: Path = DEFAULT_CONFIG, data_root: str | Path | None = None) -> 
             if kind.rstrip("!") == "path" and key in c:
                 entry[key] = root / c[key]
         resolved.append(entry)
-    return Project(root, resolved, splits, {k: list(v) for k, v in mine.items()}, embeds, config)
+    return Project(root, resolved, splits, {k: list(v) for k, v in mine.items()}, embeds, config, trains)
 
 
 # ---- the stages the runner knows -----------------------------------------------------------
@@ -211,6 +225,23 @@ def embed_all(store, project: Project, progress: bool = True, wait: bool = False
     return artifacts
 
 
+def train_all(store, project: Project, progress: bool = True, wait: bool = False, report: Report = None) -> list:
+    """Train every configured run; a finished run is a no-op, a stopped one resumes."""
+    from clipstore.train.config import resolve
+    from clipstore.train.loop import train
+    artifacts = []
+    for options in project.train:
+        out = train(store, resolve(overrides=options), progress=progress, wait=wait)
+        artifacts.append(out.checkpoint if not out.noop else _noop(out.checkpoint))
+        _done(report, artifacts[-1])
+    return artifacts
+
+
+def _noop(art):
+    from dataclasses import replace
+    return replace(art, noop=True)
+
+
 @dataclass(frozen=True)
 class ProjectStage:
     run: Callable[..., list]
@@ -223,6 +254,7 @@ STAGES = {
     "ingest": ProjectStage(ingest_all, "ingest every [[corpus]] (incrementally), then build every [[split]]"),
     "mine": ProjectStage(mine_all, "mine every [[mine.keywords]], [[mine.classnames]] and [[mine.concepts]]"),
     "embed": ProjectStage(embed_all, "cache every [[embed]] entry's embeddings"),
+    "train": ProjectStage(train_all, "train every [[train]] entry (options of `clipstore train`)"),
 }
 
 
