@@ -21,6 +21,7 @@ from clipstore.ingest.synth import write_synthetic
 from clipstore.mining.keywords import mine_keywords
 from clipstore.train.config import resolve
 from clipstore.train.loop import train
+from clipstore.train.run import prepare
 from clipstore.warehouse.sql import query
 from clipstore.warehouse.store import Store
 from conftest import run_cli
@@ -63,6 +64,11 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(synth):
     proc.wait()
     assert first is not None and first.params["step"] == 2 and not first.params["final"]   # the epoch has 4 steps
     assert synth.current("train", "cut") is None                                           # it did not finish
+    again = prepare(synth, resolve(overrides={"method": "sclip", "split": "half", "model": "tiny-vit", "epochs": 1,
+                                              "batch_size": 4, "unlabeled_batch_size": 4, "validate": False,
+                                              "save_every_steps": 2, "lr": 1e-3, "name": "cut"}))
+    assert again.resume[0].name == "cut" and again.resume[0].params["run"] == first.params["run"]   # a re-run
+    # of the command would continue from the latest checkpoint by itself
 
     resumed = run_cli("--store", synth.root, "-q", "train", "--resume", first.artifact_id, env=env)
     assert resumed.stdout.strip().endswith(synth.current("checkpoint", "cut").artifact_id)

@@ -31,10 +31,12 @@ def _embedded(store: Store, before: dict[str, int], arts: list[Artifact]) -> int
 
 
 def fill(store: Store, spec: ModelSpec, cached: tuple[str, ...], labeled, unlabeled, keywords, *,
-         write: bool, artifact_ids: dict | None = None, progress: bool = False) -> tuple[dict, dict, dict]:
+         fingerprints: dict[str, str], write: bool, artifact_ids: dict | None = None,
+         progress: bool = False) -> tuple[dict, dict, dict]:
     """(banks, report, artifact ids): the unit vectors the locked towers would compute.
     `write` (rank 0) brings the caches up to date with `embed`; the other processes open the
-    artifacts rank 0 names (`artifact_ids`)."""
+    artifacts rank 0 names (`artifact_ids`). Every artifact read must be keyed on the tower
+    fingerprint of the model being trained (`fingerprints`: tower -> fingerprint)."""
     banks, report, ids = {}, {}, {}
     if not cached:
         return banks, report, ids
@@ -48,6 +50,11 @@ def fill(store: Store, spec: ModelSpec, cached: tuple[str, ...], labeled, unlabe
                            "vectors": sum(a.counts.get("vectors", 0) for a in arts)}
         else:
             arts = [store.get(i) for i in artifact_ids[key]]
+        tower = IMAGE_TOWER if key == "image" else TEXT_TOWER
+        stale = [a.artifact_id for a in arts if a.params.get("fingerprint") != fingerprints[tower]]
+        if stale:
+            raise ClipstoreError(f"cached {key} features {', '.join(stale)} were made by another {tower} tower than "
+                                 "the one this run locks", fix="report this: the trainer embeds with its own weights")
         ids[key] = [a.artifact_id for a in arts]
         return arts
 

@@ -84,12 +84,13 @@ def _train(store: Store, config, resume, overrides, progress: bool, wait: bool, 
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
     # ---- data: pixels and tokens for the towers that train, the cache for the locked ones ------
+    locked = {"fingerprints": run.loaded.tower_fingerprints}
     banks, features, ids = caches.fill(store, run.spec, model.cached, run.labeled, run.unlabeled, run.keywords,
-                                       write=dist.main, progress=progress) if dist.main else ({}, {}, {})
+                                       write=True, progress=progress, **locked) if dist.main else ({}, {}, {})
     ids = dist.broadcast(ids)
     if not dist.main and model.cached:
         banks, _, _ = caches.fill(store, run.spec, model.cached, run.labeled, run.unlabeled, run.keywords,
-                                  write=False, artifact_ids=ids)
+                                  write=False, artifact_ids=ids, **locked)
     schedule = Schedule(cfg.seed, len(run.labeled), len(run.unlabeled) if run.unlabeled is not None else 0,
                         cfg.batch_size, cfg.unlabeled_batch if method.uses_unlabeled else 0, dist.world, dist.rank)
     workers = cfg.workers if cfg.workers is not None else (4 if run.loaded.device.type == "cuda" else 0)
