@@ -85,7 +85,7 @@ def _train(store: Store, config, resume, overrides, progress: bool, wait: bool, 
 
     # ---- data: pixels and tokens for the towers that train, the cache for the locked ones ------
     locked = {"fingerprints": run.loaded.tower_fingerprints}
-    banks, features, ids = caches.fill(store, run.spec, model.cached, run.labeled, run.unlabeled, run.keywords,
+    banks, cache_report, ids = caches.fill(store, run.spec, model.cached, run.labeled, run.unlabeled, run.keywords,
                                        write=True, progress=progress, **locked) if dist.main else ({}, {}, {})
     ids = dist.broadcast(ids)
     if not dist.main and model.cached:
@@ -105,11 +105,11 @@ def _train(store: Store, config, resume, overrides, progress: bool, wait: bool, 
     total = cfg.epochs * per_epoch
 
     # ---- where to start: fresh, or exactly where a checkpoint stopped ---------------------------
+    frozen = caches.frozen_digests(model.clip.state_dict(), model.cached)     # the locked towers, as they start
     st = restore(run, model, optimizer, method) if run.resume else \
         {"step": 0, "labeled_seen": 0, "unlabeled_seen": 0, "log": [], "checkpoints": []}
     step, log, saved = st["step"], list(st["log"]), list(st["checkpoints"])
     seen = {"labeled": st["labeled_seen"], "unlabeled": st["unlabeled_seen"]}
-    frozen = caches.frozen_digests(model.clip.state_dict(), model.cached)
     tasks = val_tasks(store, cfg) if dist.main and cfg.validate else []
     if run.resume:
         say(f"resuming {run.name} at step {step} of {total} from {run.resumed_from.artifact_id}")
@@ -198,6 +198,7 @@ def _train(store: Store, config, resume, overrides, progress: bool, wait: bool, 
                     record("train", n, v)
             if cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < total:
                 checkpoint(final=False)
+                tick = time.perf_counter()      # saving is not training time
 
         # end of an epoch: report, then checkpoint / validate as configured
         done_epochs = epoch + 1
@@ -220,12 +221,12 @@ def _train(store: Store, config, resume, overrides, progress: bool, wait: bool, 
     outcome = None
     if dist.main:
         summary = {"samples_per_s": round(statistics.median(rates), 1) if rates else None,
-                   "labeled_seen": seen["labeled"], "unlabeled_seen": seen["unlabeled"], "features": features}
+                   "labeled_seen": seen["labeled"], "unlabeled_seen": seen["unlabeled"], "features": cache_report}
         art = _publish(run, final, evaluation, log, saved, summary)
         outcome = Outcome(final, art, evaluation, log=log)
         say(f"done: {run.name} -> {final.artifact_id}")
     dist.barrier()
-    return outcome if outcome is not None else Outcome(store.get(saved[-1]) if saved else None, None)
+    return outcome if outcome is not None else Outcome(None, None)      # ranks > 0: rank 0 reports
 
 
 def _publish(run: Run, final: Artifact, evaluation: Artifact | None, log: list[dict], saved: list[str],
