@@ -41,6 +41,17 @@ RUN_KIND = "train"
 
 
 @dataclass
+class Context:
+    """What a method's hooks see: the resolved run, the model, the data (its items, schedule and
+    caches) and the process group."""
+
+    run: Run
+    model: TrainModel
+    data: TrainData
+    dist: Dist
+
+
+@dataclass
 class Outcome:
     """What a training call produced: the final checkpoint (a model spec everywhere), the run
     artifact (train_log, stats) and the final checkpoint's evaluation."""
@@ -76,14 +87,17 @@ def _train(store: Store, config, resume, overrides, progress: bool, wait: bool, 
         ev = store.get(done.stats["evaluation"]) if done.stats.get("evaluation") else None
         return Outcome(ckpt, done, ev, noop=True)
 
-    # ---- model, loss module, optimiser --------------------------------------------------------
+    # ---- the trainable model and the method's loss module --------------------------------------
     model = TrainModel(run.loaded.model, cfg.trainable, run.loaded.embed_dim).to(run.loaded.device)
-    method = build_method(cfg).to(run.loaded.device)
-    method.setup(run)
-    optimizer = build_optimizer(torch.nn.ModuleDict({"model": model, "method": method}), cfg)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    method = build_method(cfg)
 
     # ---- data: pixels and tokens for the towers that train, the cache for the locked ones ------
+    schedule = Schedule(cfg.seed, len(run.labeled), len(run.unlabeled) if run.unlabeled is not None else 0,
+                        cfg.batch_size, cfg.unlabeled_batch if method.uses_unlabeled else 0, dist.world, dist.rank)
+    per_epoch, total = schedule.steps_per_epoch, cfg.epochs * schedule.steps_per_epoch
+    if per_epoch == 0:
+        raise InputError(f"{len(run.labeled)} labeled images make no global batch of {schedule.global_batch}",
+                         fix="lower --batch-size")
     locked = {"fingerprints": run.loaded.tower_fingerprints}
     banks, cache_report, ids = caches.fill(store, run.spec, model.cached, run.labeled, run.unlabeled, run.keywords,
                                        write=True, progress=progress, **locked) if dist.main else ({}, {}, {})
@@ -91,18 +105,18 @@ def _train(store: Store, config, resume, overrides, progress: bool, wait: bool, 
     if not dist.main and model.cached:
         banks, _, _ = caches.fill(store, run.spec, model.cached, run.labeled, run.unlabeled, run.keywords,
                                   write=False, artifact_ids=ids, **locked)
-    schedule = Schedule(cfg.seed, len(run.labeled), len(run.unlabeled) if run.unlabeled is not None else 0,
-                        cfg.batch_size, cfg.unlabeled_batch if method.uses_unlabeled else 0, dist.world, dist.rank)
     workers = cfg.workers if cfg.workers is not None else (4 if run.loaded.device.type == "cuda" else 0)
     data = TrainData(run.labeled, run.unlabeled if method.uses_unlabeled else None, schedule, run.loaded.preprocess,
                      run.loaded.tokenizer, run.loaded.device, pixels=not model.image_cached,
                      tokens=not model.text_cached, keywords=run.keywords, targets=run.targets, banks=banks,
                      workers=workers if not model.image_cached else 0)
-    per_epoch = data.steps_per_epoch
-    if per_epoch == 0:
-        raise InputError(f"{len(run.labeled)} labeled images make no global batch of {schedule.global_batch}",
-                         fix="lower --batch-size")
-    total = cfg.epochs * per_epoch
+
+    # ---- the method sees the run (it may add parameters), then the optimiser takes what trains -----
+    ctx = Context(run, model, data, dist)
+    method.setup(ctx)
+    method.to(run.loaded.device)
+    optimizer = build_optimizer(torch.nn.ModuleDict({"model": model, "method": method}), cfg)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
 
     # ---- where to start: fresh, or exactly where a checkpoint stopped ---------------------------
     frozen = caches.frozen_digests(model.clip.state_dict(), model.cached)     # the locked towers, as they start
@@ -157,7 +171,7 @@ def _train(store: Store, config, resume, overrides, progress: bool, wait: bool, 
     model.train()
     rates: list[float] = []
     for epoch in range(step // per_epoch, cfg.epochs):
-        method.on_epoch_start(epoch, run)
+        method.on_epoch_start(epoch, ctx)
         sums: dict[str, float] = {}
         steps_here, tick = 0, time.perf_counter()
         for k, batch in data.batches(epoch, start=step - epoch * per_epoch):

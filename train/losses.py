@@ -4,8 +4,9 @@ gets back named loss terms, which it sums.
 
 A method is an `nn.Module` (so it may own learnable parameters; they join the optimiser) with:
   uses_unlabeled, uses_keywords, uses_targets   what the batches must hold;
-  setup(run)                  once, when the model and data are known (read tables, build parameters);
-  on_epoch_start(epoch, run)  before each epoch: pseudo-label refresh, a second training stage;
+  setup(ctx)                  once, before the optimiser is built: the run, model and data are known
+                              (read tables, add parameters: they join the optimiser);
+  on_epoch_start(epoch, ctx)  before each epoch: pseudo-label refresh, a second training stage;
   forward(f, batch) -> {name: scalar tensor}.
 `f` holds unit vectors: image (B, d), text (B, d), unlabeled (U, d), keywords (M, d),
 targets (C, d), and logit_scale s (a scalar tensor).
@@ -75,10 +76,10 @@ class Method(nn.Module):
     uses_keywords = False
     uses_targets = False
 
-    def setup(self, run) -> None:
-        """Once, before training: the run's model, data and store are known."""
+    def setup(self, ctx) -> None:
+        """Once, before the optimiser is built (loop.Context: run, model, data, dist)."""
 
-    def on_epoch_start(self, epoch: int, run) -> None:
+    def on_epoch_start(self, epoch: int, ctx) -> None:
         """Before each epoch (pseudo-label refresh, switching stage)."""
 
     def forward(self, f: dict, batch: dict) -> dict[str, torch.Tensor]:
