@@ -27,6 +27,16 @@ from clipstore.warehouse.store import Store
 from conftest import run_cli
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """tiny-vit is too small for a second intra-op thread to pay: on a busy machine the threads'
+    synchronisation costs more than the matmuls (measured: 10x the CPU time per step)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_proc")

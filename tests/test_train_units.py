@@ -24,6 +24,16 @@ from clipstore.warehouse.errors import InputError
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """tiny-vit is too small for a second intra-op thread to pay: on a busy machine the threads'
+    synchronisation costs more than the matmuls (measured: 10x the CPU time per step)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_config_precedence_and_checks(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('method = "sclip"\nsplit = "s"\nlr = 1e-4\nepochs = 3\nval_zeroshot = ["ucm_cls"]\n')
