@@ -1,0 +1,1 @@
+"""Pseudo-labels for unlabeled images: class votes, concepts, label propagation (docs/pseudolabels.md)."""
