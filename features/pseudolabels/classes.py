@@ -57,8 +57,8 @@ def classes(store: Store, *, split: str, model=None, embeddings: list[str] | Non
     vectors = resolve_vectors(store, split=split, model=model, embeddings=embeddings, batch_size=batch_size,
                               workers=workers, wait=wait, progress=progress)
     nodes = len(vectors.labeled) + len(vectors.unlabeled) + sum(vectors.excluded.values())
-    check_pool(k, nodes - 1, f"the graph over split {split!r}'s labeled and unlabeled images (each has "
-                             f"{nodes - 1} others)", option="--k")
+    check_pool(k, nodes - 1, f"each image in the graph over split {split}'s labeled and unlabeled images",
+               option="--k")
     truth = classes_by_sample(store, sorted(set(vectors.labeled.column("corpus"))))
     labeled_class = [truth.get(s) for s in vectors.labeled.column("sample_id")]
     if not any(c is not None for c in labeled_class):
