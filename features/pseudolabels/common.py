@@ -15,6 +15,7 @@ API (everything a producer module needs):
   sample_captions(store, keys) -> {(corpus, sample_id): [caption_id, ...]}   (ordinal order)
   classes_by_sample(store, corpora) -> {sample_id: class}                     (the truth)
   check_pool(k, pool, what)     "k larger than the pool" as an InputError naming the fix.
+  logit_scale(given, model's)   --logit-scale, else the model's, else 100 (ε = 1/s for OT).
   produce_pseudolabels(store, producer=, name=, params=, tables=, lineage=, build=, wanted=, ...)
       The produce wrapper (inside the writer lock): the recipe is the producer's params plus
       TABLES_VERSION; `inputs` are pinned by version, `sources` recorded as lineage only.
@@ -274,6 +275,15 @@ def classes_by_sample(store: Store, corpora: list[str]) -> dict[str, str]:
     return dict(zip(rows.column("sample_id").to_pylist(), rows.column("class").to_pylist()))
 
 
+def logit_scale(given: float | None, model_scale: float | None) -> float:
+    """The logit scale s to use: --logit-scale, else the model's own, else CLIP's trained 100."""
+    import math
+    scale = given if given is not None else (model_scale if model_scale is not None else DEFAULT_LOGIT_SCALE)
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise InputError(f"the logit scale must be a positive number, got {scale!r}", fix="e.g. --logit-scale 100")
+    return float(scale)
+
+
 def check_pool(k: int, pool: int, what: str, option: str = "--top") -> None:
     if not isinstance(k, int) or k < 1:
         raise InputError(f"{option} must be a positive integer, got {k!r}", fix=f"e.g. {option} 5")
@@ -457,5 +467,5 @@ def default_name(split: str, producer: str, model_name: str) -> str:
 
 __all__ = ["KIND", "STAGE_VERSION", "DEFAULT_LOGIT_SCALE", "ROWS_PER_PART", "Side", "SplitVectors", "Run",
            "resolve_vectors", "sample_captions", "classes_by_sample", "check_pool", "check_finite",
-           "vectors_digest", "produce_pseudolabels", "with_lineage", "read_table", "pseudolabel_artifact",
-           "entropy", "top_k", "caption_rows", "default_name", "LINEAGE"]
+           "vectors_digest", "logit_scale", "produce_pseudolabels", "with_lineage", "read_table",
+           "pseudolabel_artifact", "entropy", "top_k", "caption_rows", "default_name", "LINEAGE"]
