@@ -98,8 +98,8 @@ def _check_coverage(upstream: pa.Table, coverage: dict[str, set[str]], vocab: Ar
     if missing:
         corpora = sorted({c for c, _ in missing})
         raise InputError(f"vocabulary {vocab.name} was matched against {', '.join(sorted(coverage))}, but "
-                         f"{len(missing)} labeled matches of {src.name} come from {', '.join(corpora)} captions it "
-                         "never saw", where=vocab.artifact_id,
+                         f"{len(missing)} matched labeled samples of {src.name} come from {', '.join(corpora)} "
+                         "captions it never saw", where=vocab.artifact_id,
                          fix=f"use a vocabulary matched against {', '.join(corpora)} (mine it with --match-corpus "
                              f"{corpora[0]} or --match-split SPLIT)")
 
