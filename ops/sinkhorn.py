@@ -139,19 +139,63 @@ def solve(cost: torch.Tensor | RowBlocks, epsilon: float, *, a: torch.Tensor | N
         raise ValueError(f"sinkhorn: iters must be >= 1, got {iters}")
     if isinstance(cost, RowBlocks):
         return _solve_blocks(cost, epsilon, a, b, iters, tol, block_rows, cache_bytes)
+    return _solve_dense(cost, epsilon, a, b, iters, tol)
+
+
+def _solve_dense(cost: torch.Tensor, epsilon: float, a, b, iters: int, tol) -> Potentials:
+    """The batched dense case, by the same absorption as the global mode: iteration 1 in the log
+    domain, the rest as batched matrix-vector scaling on K̂ (a few small kernels per iteration
+    instead of two log-sum-exps, which is what a 64 × 64 call costs on a CPU)."""
     n, m, device, dtype = cost.shape[-2], cost.shape[-1], cost.device, cost.dtype
     batch = cost.shape[:-2]
     log_a = _log_marginal(a, batch, n, device, dtype)
     log_b = _log_marginal(b, batch, m, device, dtype)
+    a_, b_ = torch.exp(log_a), torch.exp(log_b)
+    scaled = cost * (-1.0 / epsilon)
+    g = log_b - torch.logsumexp(scaled, dim=-2)          # iteration 1: f = 0, then g, then f below
+
+    def absorb(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k = scaled + g[..., None, :]
+        top = k.detach().amax(dim=-1, keepdim=True)       # cancels in the plan: no gradient needed
+        k = _exp(k - top)
+        return k, top[..., 0], a_ / k.sum(dim=-1)
+
+    kernel, row_max, u = absorb(g)
+    v = torch.ones_like(b_)
+    safe = _SAFE_LOG.get(dtype, 60.0)
+    done = 1
+    # Without a tolerance nothing is checked inside the loop (each check is a device sync and, at
+    # 64 × 64, costs as much as an iteration): the scalings cannot leave float range in a few
+    # iterations (K̂ ≥ e^-60), and should they have, the log domain recomputes the solution.
+    while done < iters:
+        column = (u[..., None, :] @ kernel)[..., 0, :]
+        if tol is not None:
+            if float((v * column - b_).detach().abs().sum(dim=-1).max()) < tol:
+                break
+            log_v = torch.log(b_ / column)
+            if not bool(torch.isfinite(log_v).all()) or float(log_v.detach().abs().max()) > safe:
+                g = g + log_v                             # fold the scalings into the kernel
+                kernel, row_max, u = absorb(g)
+                v = torch.ones_like(v)
+                done += 1
+                continue
+        v = b_ / column
+        u = a_ / (kernel @ v[..., :, None])[..., 0]
+        done += 1
+    f, g = torch.log(u) - row_max, g + torch.log(v)
+    if not (bool(torch.isfinite(f).all()) and bool(torch.isfinite(g).all())):
+        return _solve_log(cost, epsilon, log_a, log_b, iters, tol)
+    column = (u[..., None, :] @ kernel)[..., 0, :]
+    error = float((v * column - b_).detach().abs().sum(dim=-1).max())
+    return Potentials(f, g, epsilon, done, error)
+
+
+def _solve_log(cost: torch.Tensor, epsilon: float, log_a, log_b, iters: int, tol) -> Potentials:
+    """Plain log-domain Sinkhorn (POT's order): the fallback of the dense case."""
     scaled = cost * (-1.0 / epsilon)
 
-    # f is updated given g (f = 0 before the first g); the column log-sum-exp with the new f is
-    # what the next g needs
     def sweep(g: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if g is None:
-            f = torch.zeros((*batch, n), device=device, dtype=dtype)
-        else:
-            f = log_a - torch.logsumexp(scaled + g[..., None, :], dim=-1)
+        f = torch.zeros_like(log_a) if g is None else log_a - torch.logsumexp(scaled + g[..., None, :], dim=-1)
         return f, torch.logsumexp(scaled + f[..., :, None], dim=-2)
 
     _, lse = sweep(None)
@@ -160,7 +204,6 @@ def solve(cost: torch.Tensor | RowBlocks, epsilon: float, *, a: torch.Tensor | N
     for it in range(iters):
         f, lse = sweep(g)
         done = it + 1
-        # column marginal of the plan with (f, g): exp(g + lse) should equal b
         error = float((torch.exp(g + lse) - torch.exp(log_b)).detach().abs().sum(dim=-1).max())
         if done == iters or (tol is not None and error < tol):
             break
@@ -302,6 +345,12 @@ def _exp_(x: torch.Tensor) -> torch.Tensor:
     if floor is not None:
         x.clamp_min_(floor)
     return x.exp_()
+
+
+def _exp(x: torch.Tensor) -> torch.Tensor:
+    """`_exp_` without writing into x (autograd may need it)."""
+    floor = _EXP_FLOOR.get(x.dtype)
+    return (x.clamp_min(floor) if floor is not None else x).exp()
 
 
 def _log_marginal(weights, batch, size: int, device, dtype) -> torch.Tensor:
