@@ -90,6 +90,7 @@ def audit_captions(store: Store, rows: pa.Table) -> tuple[dict, list[dict]]:
         return by_sample.get(sample)
 
     truth = [class_of(s) for _, s in own]
+    reachable = _labeled_classes(store, set(rows.column("split_id").to_pylist()), by_sample)
     top = [class_of(ms[0]) if ms else None for ms in matches]
     vote = []
     for ms, ws in zip(matches, weights):
@@ -111,13 +112,29 @@ def audit_captions(store: Store, rows: pa.Table) -> tuple[dict, list[dict]]:
     if has.any():
         n_l, n_u = sum(labeled.values()), sum(unlabeled.values())
         chance = round(sum(unlabeled[c] / n_u * labeled[c] / n_l for c in unlabeled), 4)
+    ceiling = np.asarray([t in reachable for t in truth], dtype=bool)
     summary = {"rows": rows.num_rows, "with_class_truth": int(has.sum()),
+               # share of the rows with truth whose class some labeled image has: what a perfect match reaches
+               "class_ceiling": _rate(ceiling[has]),
                "match_class_accuracy": _rate(hit[has]), "vote_class_accuracy": _rate(vote_hit[has]),
                "chance_of_matched_classes": chance, "classes": len(unlabeled),
                "mean_confidence": _rate(confidence), "mean_entropy": _rate(entropy),
                "mean_similarity": _rate(rows.column("similarity").to_numpy(zero_copy_only=False))}
     calibration = calibration_rows("match_class_accuracy", confidence[has], hit[has]) if has.any() else []
     return summary, calibration
+
+
+def _labeled_classes(store: Store, split_ids: set, by_sample: dict) -> set:
+    """The classes of the labeled samples of these split versions."""
+    from clipstore.warehouse.parquet import read_parquet
+    classes = set()
+    for sid in split_ids - {None}:
+        paths = store.table_paths(sid, "splits")
+        if paths:
+            t = read_parquet(paths, columns=["role", "sample_id"])
+            roles, samples = t.column("role").to_pylist(), t.column("sample_id").to_pylist()
+            classes |= {by_sample.get(s) for r, s in zip(roles, samples) if r == "labeled"}
+    return classes - {None}
 
 
 # ---- pseudo_keywords: the candidate set against the image's own captions' keywords -----------------

@@ -15,6 +15,7 @@ API (everything a producer module needs):
   sample_captions(store, keys) -> {(corpus, sample_id): [caption_id, ...]}   (ordinal order)
   classes_by_sample(store, corpora) -> {sample_id: class}                     (the truth)
   check_pool(k, pool, what)     "k larger than the pool" as an InputError naming the fix.
+  logit_scale(given, model's)   --logit-scale, else the model's, else 100 (ε = 1/s for OT).
   produce_pseudolabels(store, producer=, name=, params=, tables=, lineage=, build=, wanted=, ...)
       The produce wrapper (inside the writer lock): the recipe is the producer's params plus
       TABLES_VERSION; `inputs` are pinned by version, `sources` recorded as lineage only.
@@ -147,7 +148,8 @@ def resolve_vectors(store: Store, *, split: str, model=None, embeddings: list[st
                              f"vector in the embeddings given ({listed})", where=split_art.artifact_id,
                              fix="pass --model SPEC to embed what is missing, or embed it first: clipstore embed "
                                  f"--split {split} --model M")
-    sides = [_side(store, vset, rows, f"{which} images of split {split!r}")
+    shas = _vector_part_shas(store, [a.artifact_id for a in arts])
+    sides = [_side(vset, rows, f"{which} images of split {split!r}", shas)
              for which, rows in (("labeled", labeled_rows), ("unlabeled", unlabeled_rows))]
     return SplitVectors(split_art, arts, tower, model_fp, name, scale, sides[0], sides[1], excluded)
 
@@ -205,11 +207,11 @@ def _named_embeddings(store: Store, refs: list[str]):
     return arts, tower, model_fps.pop() if len(model_fps) == 1 else None, name
 
 
-def _side(store: Store, vset, rows: np.ndarray, what: str) -> Side:
+def _side(vset, rows: np.ndarray, what: str, shas: dict) -> Side:
     items = vset.items.take(pa.array(rows, pa.int64()))
     vectors = np.asarray(vset.take(rows), dtype=np.float32)
     check_finite(vectors, items, what)
-    return Side(items, vectors, vectors_digest(store, items))
+    return Side(items, vectors, vectors_digest(None, items, shas))
 
 
 def check_finite(vectors: np.ndarray, items: pa.Table, what: str) -> None:
@@ -222,15 +224,18 @@ def check_finite(vectors: np.ndarray, items: pa.Table, what: str) -> None:
                                                    "--model SPEC to use another model's caches")
 
 
-def vectors_digest(store: Store, items: pa.Table) -> str:
-    """Which stored vectors these are: (item id, sha256 of its part file, row) per item. Parts are
-    immutable, so the digest changes exactly when one of these vectors does, not when the cache
-    grows with others."""
-    ids = sorted(set(items.column("embeddings_id").to_pylist()))
+def _vector_part_shas(store: Store, embeddings_ids: list[str]) -> dict[tuple[str, int], str]:
     with store.connect() as con:
         rows = con.execute("SELECT artifact_id, part, sha256 FROM parts WHERE table_name = 'vectors' "
-                           "AND NOT retired AND artifact_id IN (SELECT unnest(?))", [ids]).fetchall()
-    sha = {(a, p): s for a, p, s in rows}
+                           "AND NOT retired AND artifact_id IN (SELECT unnest(?))", [sorted(embeddings_ids)]).fetchall()
+    return {(a, p): s for a, p, s in rows}
+
+
+def vectors_digest(store: Store | None, items: pa.Table, shas: dict | None = None) -> str:
+    """Which stored vectors these are: (item id, sha256 of its part file, row) per item. Parts are
+    immutable, so the digest changes exactly when one of these vectors does, not when the cache
+    grows with others. `shas` (part sha256 by (embeddings id, part)) saves the catalog read."""
+    sha = shas if shas is not None else _vector_part_shas(store, list(set(items.column("embeddings_id").to_pylist())))
     triples = sorted(zip(items.column("item_id").to_pylist(),
                          (sha.get(k) for k in zip(items.column("embeddings_id").to_pylist(),
                                                   items.column("part").to_pylist())),
@@ -272,6 +277,15 @@ def classes_by_sample(store: Store, corpora: list[str]) -> dict[str, str]:
         rows = session.query('SELECT sample_id, "class" FROM samples WHERE list_contains($corpora, corpus) '
                              'AND "class" IS NOT NULL', {"corpora": sorted(corpora)})
     return dict(zip(rows.column("sample_id").to_pylist(), rows.column("class").to_pylist()))
+
+
+def logit_scale(given: float | None, model_scale: float | None) -> float:
+    """The logit scale s to use: --logit-scale, else the model's own, else CLIP's trained 100."""
+    import math
+    scale = given if given is not None else (model_scale if model_scale is not None else DEFAULT_LOGIT_SCALE)
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise InputError(f"the logit scale must be a positive number, got {scale!r}", fix="e.g. --logit-scale 100")
+    return float(scale)
 
 
 def check_pool(k: int, pool: int, what: str, option: str = "--top") -> None:
@@ -457,5 +471,5 @@ def default_name(split: str, producer: str, model_name: str) -> str:
 
 __all__ = ["KIND", "STAGE_VERSION", "DEFAULT_LOGIT_SCALE", "ROWS_PER_PART", "Side", "SplitVectors", "Run",
            "resolve_vectors", "sample_captions", "classes_by_sample", "check_pool", "check_finite",
-           "vectors_digest", "produce_pseudolabels", "with_lineage", "read_table", "pseudolabel_artifact",
-           "entropy", "top_k", "caption_rows", "default_name", "LINEAGE"]
+           "vectors_digest", "logit_scale", "produce_pseudolabels", "with_lineage", "read_table",
+           "pseudolabel_artifact", "entropy", "top_k", "caption_rows", "default_name", "LINEAGE"]
