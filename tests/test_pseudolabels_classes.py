@@ -257,7 +257,7 @@ def test_propagation_of_class_encoding_vectors_is_near_perfect_and_shuffled_at_c
     art = label_propagation(synth, corpus="synth_cls", embeddings=[onehot.artifact_id], k=5)
     audit = art.stats["audit"]["pseudo_classes"]
     assert audit["accuracy"] >= 0.97 and audit["rows"] == 40
-    assert art.stats["classes"] == 10 and art.stats["solver"] == "scipy"
+    assert art.stats["classes"] == 10 and art.stats["solver"] == "batched"
     shuffled = image_embeddings(synth, "synth_cls", "synth_cls.image.shuffled", shuffle=2)
     bad = label_propagation(synth, corpus="synth_cls", embeddings=[shuffled.artifact_id],
                             class_embeddings=cls.artifact_id, k=5)

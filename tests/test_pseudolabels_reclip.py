@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.sparse.linalg import cg as scipy_cg
 
-from clipstore.features.pseudolabels.reclip import (affinity_graph, class_projection, project, propagate,
-                                                     read_out)
+from clipstore.features.pseudolabels.reclip import (affinity_graph, class_basis, class_projection, project,
+                                                     propagate, read_out)
 
 
 def unit(x):
@@ -62,9 +62,11 @@ def test_projection_drops_the_first_singular_direction_and_keeps_the_rest_of_the
     np.testing.assert_allclose(p, span - np.outer(u1, u1), atol=1e-10)
     np.testing.assert_allclose(p @ p, p, atol=1e-10)
     assert round(np.trace(p)) == 5
-    x = project(np.concatenate([u1[None], rng.normal(size=(3, 16))]), p)
-    assert np.abs(x[0]).max() < 1e-6                          # a vector along u1 projects to zero
-    np.testing.assert_allclose(np.linalg.norm(x[1:], axis=1), 1, rtol=1e-6)
+    v = unit(rng.normal(size=(4, 16)))
+    x = project(np.concatenate([u1[None], v]), class_basis(classes))
+    assert x.shape == (5, 5) and np.abs(x[0]).max() < 1e-6   # coordinates in the 5-dim span; u1 projects to 0
+    full = unit(v @ p)                                        # the d-dim renormalised projections
+    np.testing.assert_allclose(x[1:] @ x[1:].T, full @ full.T, atol=1e-6)
 
 
 def test_graph_is_symmetric_normalised_and_sparse():
@@ -79,7 +81,7 @@ def test_graph_is_symmetric_normalised_and_sparse():
     assert abs(top - 1) < 1e-9
 
 
-@pytest.mark.parametrize("solver", ["scipy", "torch"])
+@pytest.mark.parametrize("solver", ["scipy", "batched", "torch"])
 def test_matches_the_dense_public_style_reference(solver):
     images, _, classes = synthetic(60, 5, 32, noise=3.0, seed=2)
     ref = dense_reference(images, classes, k=20)
@@ -90,13 +92,15 @@ def test_matches_the_dense_public_style_reference(solver):
     assert got.edges <= 2 * (300 + 5) * 20
 
 
-def test_scipy_and_torch_solvers_agree():
+def test_the_three_solvers_agree():
     images, _, classes = synthetic(80, 6, 24, noise=4.0, seed=3)
     a = propagate(images, classes, solver="scipy", device="cpu")
-    b = propagate(images, classes, solver="torch", device="cpu")
-    assert (a.labels == b.labels).all()
-    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-6)
+    assert propagate(images, classes, device="cpu").solver == "batched"     # the CPU default
+    for solver in ("batched", "torch"):
+        b = propagate(images, classes, solver=solver, device="cpu")
+        assert (a.labels == b.labels).all()
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-6)
 
 
 def test_class_structure_gives_accurate_labels_and_shuffled_classes_chance():
@@ -124,11 +128,11 @@ def test_read_out_distribution_confidence_and_unreached_rows():
 def test_an_image_cluster_no_anchor_reaches_gets_no_label():
     rng = np.random.default_rng(6)
     images, _, classes = synthetic(30, 3, 16, noise=0.3, seed=6)
-    p = class_projection(classes)
+    basis = class_basis(classes)
     # 15 images, after projection, tightly around the point opposite every other node: their 5
     # nearest neighbours are each other, and no other node counts them among its own
-    opposite = -unit(np.mean(project(np.concatenate([classes, images]), p), 0))
-    island = (opposite + 0.01 * rng.normal(size=(15, 16)) @ p).astype(np.float32)
+    opposite = -unit(np.mean(project(np.concatenate([classes, images]), basis), 0))
+    island = ((opposite + 0.01 * rng.normal(size=(15, len(opposite)))) @ basis.T).astype(np.float32)
     got = propagate(np.concatenate([images, island]), classes, k=5)
     assert (got.labels[-15:] == -1).all() and (got.confidence[-15:] == 0).all()
     reached = (got.scores > 0).any(axis=1)

@@ -24,8 +24,9 @@ import pyarrow as pa
 
 from clipstore.features.items import CONCEPT, vocab_artifact
 from clipstore.features.pseudolabels.audit import calibration_rows, register_audit
-from clipstore.features.pseudolabels.common import (DEFAULT_LOGIT_SCALE, check_finite, check_pool, default_name,
-                                                     produce_pseudolabels, resolve_vectors)
+from clipstore.features.pseudolabels.common import check_finite, check_pool, default_name, produce_pseudolabels
+from clipstore.features.pseudolabels.common import logit_scale as resolve_logit_scale
+from clipstore.features.pseudolabels.common import resolve_vectors
 from clipstore.features.pseudolabels.scoring import score_concepts
 from clipstore.features.pseudolabels.tables import FLOATS, STRINGS, pseudo_schema
 from clipstore.features.vectors import open_embeddings
@@ -84,7 +85,7 @@ def concepts(store: Store, *, split: str, vocab: str, model=None, embeddings: li
                          f"{concept_art.stats.get('model')} ({str(model_fp)[:12]})",
                          fix="pass embeddings of one model only, or --model SPEC to use (and fill) that model's caches")
     concept_vectors, concept_digest = _concept_vectors(store, concept_art, entries, vocab_art)
-    scale = float(logit_scale or vectors.logit_scale or DEFAULT_LOGIT_SCALE)
+    scale = resolve_logit_scale(logit_scale, vectors.logit_scale)
     params = {"split": vectors.split.name, "tower_fingerprint": vectors.tower_fingerprint,
               "vocab": vocab_art.artifact_id, "concept_vectors": concept_digest, "top": top, "logit_scale": scale}
     lineage = {**vectors.lineage(), "vocab_id": vocab_art.artifact_id,
