@@ -9,7 +9,7 @@ import difflib
 import os
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -50,7 +50,20 @@ MODEL_KEYS = {"model": "str", "pretrained": "str", "checkpoint": "path", "allow_
 EMBED = {**MODEL_KEYS, "corpus": "str|list[str]", "split": "str", "modality": "str|list[str]", "vocab": "str",
          "classnames_corpus": "str", "class_names": "list[str]", "templates": "str", "per_template": "bool",
          "views": "int", "augment": "str", "seed": "int", "batch_size": "int", "workers": "int"}
-TABLES = {"data": "[data]", "corpus": "[[corpus]]", "split": "[[split]]", "mine": "[[mine.*]]", "embed": "[[embed]]"}
+# [[pseudolabel.<producer>]]: the keyword arguments of the producer's verb (PSEUDOLABEL_VERBS),
+# the model spec inline as in [[embed]]; entries run in this order (keywords read nn / ot by name)
+_VECTORS = {**MODEL_KEYS, "split": "str!", "embeddings": "list[str]", "logit_scale": "float", "name": "str",
+            "batch_size": "int", "workers": "int"}
+PSEUDOLABEL = {
+    "nn": {**_VECTORS, "soft": "bool", "top": "int"},
+    "ot": {**_VECTORS, "top": "int", "epsilon": "float", "iters": "int", "solver": "str", "memory": "int"},
+    "keywords": {"source": "str!", "vocab": "str!", "one_caption": "int", "name": "str"},
+}
+PSEUDOLABEL_VERBS = {"nn": "clipstore.features.pseudolabels.nn:nearest_labels",
+                     "ot": "clipstore.features.pseudolabels.ot:transport_labels",
+                     "keywords": "clipstore.features.pseudolabels.keywords:keyword_labels"}
+TABLES = {"data": "[data]", "corpus": "[[corpus]]", "split": "[[split]]", "mine": "[[mine.*]]", "embed": "[[embed]]",
+          "pseudolabel": "[[pseudolabel.*]]"}
 
 
 @dataclass
@@ -61,6 +74,7 @@ class Project:
     mine: dict           # {"keywords": [...], "classnames": [...], "concepts": [...]}: keyword arguments
     embed: list[dict]    # keyword arguments of features.embed.embed, with the model spec inline
     config: Path = DEFAULT_CONFIG
+    pseudolabel: dict = field(default_factory=dict)   # {"nn": [...], "ot": [...], ...}: keyword arguments
 
 
 def _unknown(key: str, known, what: str, config: Path) -> InputError:
@@ -132,6 +146,14 @@ def load(config: Path = DEFAULT_CONFIG, data_root: str | Path | None = None) -> 
             check_entry(m, MINE[kind], f"[[mine.{kind}]] #{i + 1}", config)
     embeds = [check_entry(e, EMBED, f"[[embed]] #{i + 1}", config)
               for i, e in enumerate(_entries(doc, "embed", "[[embed]]", config))]
+    pseudo = doc.get("pseudolabel", {})
+    if not isinstance(pseudo, dict):
+        raise InputError("pseudolabel must hold [[pseudolabel.nn]], [[pseudolabel.ot]], ... tables", where=str(config))
+    for kind in pseudo:
+        if kind not in PSEUDOLABEL:
+            raise _unknown(kind, PSEUDOLABEL, "[pseudolabel]", config)
+        for i, m in enumerate(_entries(pseudo, kind, f"[[pseudolabel.{kind}]]", config)):
+            check_entry(m, PSEUDOLABEL[kind], f"[[pseudolabel.{kind}]] #{i + 1}", config)
 
     given = data_root or os.environ.get("CLIPSTORE_DATA")  # relative to the working directory
     root = Path(given) if given else config.parent / data.get("root", ".")
@@ -142,7 +164,8 @@ def load(config: Path = DEFAULT_CONFIG, data_root: str | Path | None = None) -> 
             if kind.rstrip("!") == "path" and key in c:
                 entry[key] = root / c[key]
         resolved.append(entry)
-    return Project(root, resolved, splits, {k: list(v) for k, v in mine.items()}, embeds, config)
+    return Project(root, resolved, splits, {k: list(v) for k, v in mine.items()}, embeds, config,
+                   {k: list(v) for k, v in pseudo.items()})
 
 
 # ---- the stages the runner knows -----------------------------------------------------------
@@ -211,6 +234,28 @@ def embed_all(store, project: Project, progress: bool = True, wait: bool = False
     return artifacts
 
 
+def pseudolabel_all(store, project: Project, progress: bool = True, wait: bool = False,
+                    report: Report = None) -> list:
+    """Build every configured pseudo-label artifact, producers in PSEUDOLABEL order; unchanged
+    inputs make each a no-op."""
+    import importlib
+
+    from clipstore.features.models import ModelSpec
+    artifacts = []
+    for kind, path in PSEUDOLABEL_VERBS.items():
+        module, verb = path.split(":")
+        fn = getattr(importlib.import_module(module), verb)
+        for options in project.pseudolabel.get(kind, []):
+            options = dict(options)
+            if "split" in PSEUDOLABEL[kind]:
+                spec = {k: options.pop(k) for k in MODEL_KEYS if k in options}
+                options["model"] = ModelSpec(**spec) if spec else None
+                options["progress"] = progress
+            artifacts.append(fn(store, wait=wait, **options))
+            _done(report, artifacts[-1])
+    return artifacts
+
+
 @dataclass(frozen=True)
 class ProjectStage:
     run: Callable[..., list]
@@ -223,6 +268,7 @@ STAGES = {
     "ingest": ProjectStage(ingest_all, "ingest every [[corpus]] (incrementally), then build every [[split]]"),
     "mine": ProjectStage(mine_all, "mine every [[mine.keywords]], [[mine.classnames]] and [[mine.concepts]]"),
     "embed": ProjectStage(embed_all, "cache every [[embed]] entry's embeddings"),
+    "pseudolabel": ProjectStage(pseudolabel_all, "build every [[pseudolabel.*]] entry (nn, ot, keywords, ...)"),
 }
 
 

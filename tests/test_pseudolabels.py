@@ -327,3 +327,19 @@ def test_a_vocabulary_of_another_corpus_is_refused(tmp_path, store):
     assert "--match-corpus synth" in err.value.fix
     _nothing_written(store, before)
     _bad(store, ["keywords", "--from", nn.name, "--vocab", vocab.name], "never saw", "--match-corpus synth")
+
+
+def test_the_evaluation_report_draws_accuracy_against_confidence(store):
+    from types import SimpleNamespace
+
+    from clipstore.eval import plots
+    from clipstore.eval.report import _calibration_section
+    run = SimpleNamespace(params={"tasks": [{"corpus": "synth"}]})
+    files: dict = {}
+    assert "no pseudo-label artifacts" in _calibration_section(store, run, files, plots)[0] and not files
+    nearest_labels(store, split="s", embeddings=["shuffled"])
+    md = _calibration_section(store, run, files, plots)
+    assert "![pseudo-label calibration](pseudolabel_calibration.png)" in md
+    assert files["pseudolabel_calibration.png"][:8] == b"\x89PNG\r\n\x1a\n"
+    other = SimpleNamespace(params={"tasks": [{"corpus": "elsewhere"}]})
+    assert "no pseudo-label artifacts for these corpora" in _calibration_section(store, other, {}, plots)[0]
