@@ -58,10 +58,18 @@ PSEUDOLABEL = {
     "nn": {**_VECTORS, "soft": "bool", "top": "int"},
     "ot": {**_VECTORS, "top": "int", "epsilon": "float", "iters": "int", "solver": "str", "memory": "int"},
     "keywords": {"source": "str!", "vocab": "str!", "one_caption": "int", "name": "str"},
+    "classes": {**{k: v for k, v in _VECTORS.items() if k != "logit_scale"}, "k": "int", "method": "str"},
+    "concepts": {**_VECTORS, "vocab": "str!", "concept_embeddings": "str", "top": "int"},
+    "propagate": {**MODEL_KEYS, "corpus": "str!", "embeddings": "list[str]", "class_embeddings": "str",
+                  "templates": "str", "k": "int", "alpha": "float", "iterations": "int", "name": "str",
+                  "batch_size": "int", "workers": "int"},
 }
 PSEUDOLABEL_VERBS = {"nn": "clipstore.features.pseudolabels.nn:nearest_labels",
                      "ot": "clipstore.features.pseudolabels.ot:transport_labels",
-                     "keywords": "clipstore.features.pseudolabels.keywords:keyword_labels"}
+                     "keywords": "clipstore.features.pseudolabels.keywords:keyword_labels",
+                     "classes": "clipstore.features.pseudolabels.classes:classes",
+                     "concepts": "clipstore.features.pseudolabels.concepts:concepts",
+                     "propagate": "clipstore.features.pseudolabels.propagate:label_propagation"}
 TABLES = {"data": "[data]", "corpus": "[[corpus]]", "split": "[[split]]", "mine": "[[mine.*]]", "embed": "[[embed]]",
           "pseudolabel": "[[pseudolabel.*]]"}
 
@@ -247,7 +255,7 @@ def pseudolabel_all(store, project: Project, progress: bool = True, wait: bool =
         fn = getattr(importlib.import_module(module), verb)
         for options in project.pseudolabel.get(kind, []):
             options = dict(options)
-            if "split" in PSEUDOLABEL[kind]:
+            if "model" in PSEUDOLABEL[kind]:
                 spec = {k: options.pop(k) for k in MODEL_KEYS if k in options}
                 options["model"] = ModelSpec(**spec) if spec else None
                 options["progress"] = progress
@@ -268,7 +276,8 @@ STAGES = {
     "ingest": ProjectStage(ingest_all, "ingest every [[corpus]] (incrementally), then build every [[split]]"),
     "mine": ProjectStage(mine_all, "mine every [[mine.keywords]], [[mine.classnames]] and [[mine.concepts]]"),
     "embed": ProjectStage(embed_all, "cache every [[embed]] entry's embeddings"),
-    "pseudolabel": ProjectStage(pseudolabel_all, "build every [[pseudolabel.*]] entry (nn, ot, keywords, ...)"),
+    "pseudolabel": ProjectStage(pseudolabel_all, "build every [[pseudolabel.*]] entry (nn, ot, keywords, classes, "
+                                                 "concepts, propagate)"),
 }
 
 

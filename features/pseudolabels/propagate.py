@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from clipstore.features.items import CLASSNAME, IMAGE
+from clipstore.features.knn import default_device
 from clipstore.features.pseudolabels.classes import CLASS_TABLES, class_rows
 from clipstore.features.pseudolabels.common import (Side, check_finite, check_pool, default_name,
                                                      produce_pseudolabels, vectors_digest)
@@ -39,10 +40,11 @@ CLI_ORDER = 60
 
 def label_propagation(store: Store, *, corpus: str, model=None, embeddings: list[str] | None = None,
                       class_embeddings: str | None = None, templates: str = "default", k: int = K,
-                      alpha: float = ALPHA, iterations: int = CG_ITERS, device: str | None = None,
-                      name: str | None = None, batch_size: int = 64, workers: int | None = None, wait: bool = False,
+                      alpha: float = ALPHA, iterations: int = CG_ITERS, name: str | None = None,
+                      batch_size: int = 64, workers: int | None = None, wait: bool = False,
                       progress: bool = True) -> Artifact:
-    """ReCLIP pseudo-labels for every image of `corpus` (see the module doc)."""
+    """ReCLIP pseudo-labels for every image of `corpus` (see the module doc). The solve runs on the
+    model's device with `model`, else on the GPU when one is visible."""
     if (model is None) == (not embeddings):
         raise InputError("label propagation needs the vectors of one model: pass --model SPEC or --embeddings ID",
                          fix="e.g. --model tiny-vit (embeds what is missing), or --embeddings ID --class-embeddings ID")
@@ -55,10 +57,10 @@ def label_propagation(store: Store, *, corpus: str, model=None, embeddings: list
     tset = template_set(templates)
     corpus_art = store.corpora([corpus])[corpus]
     corpus_classes = _corpus_classes(store, corpus)
-    model_fp, model_name = None, None
-    if model is not None:
-        image_arts, class_art, model_fp, model_name = _embed(store, model, corpus, templates, batch_size, workers,
-                                                             wait, progress)
+    model_fp, model_name, device = None, None, default_device()
+    if model is not None:   # the solve runs where the model does (a ModelSpec's --device)
+        image_arts, class_art, model_fp, model_name, device = _embed(store, model, corpus, templates, batch_size,
+                                                                     workers, wait, progress)
     else:
         image_arts = [store.get(e, kind="embeddings") for e in dict.fromkeys(embeddings)]
         class_art = _class_embeddings(store, class_embeddings, corpus, tset, image_arts)
@@ -111,7 +113,7 @@ def _embed(store: Store, model, corpus: str, templates: str, batch_size: int, wo
                  batch_size=batch_size, workers=workers, wait=wait, progress=progress)
     image_arts = [a for a in arts if a.params.get("modality") == IMAGE]
     class_art = next(a for a in arts if a.params.get("modality") == CLASSNAME)
-    return image_arts, class_art, loaded.fingerprint, loaded.name
+    return image_arts, class_art, loaded.fingerprint, loaded.name, str(loaded.device)
 
 
 def _class_embeddings(store: Store, ref: str | None, corpus: str, tset, image_arts: list[Artifact]) -> Artifact:
@@ -223,7 +225,7 @@ def cmd_propagate(args) -> None:
     t0 = time.monotonic()
     art = label_propagation(store(args), corpus=args.corpus, model=model_spec(args), embeddings=args.embeddings,
                             class_embeddings=args.class_embeddings, templates=args.templates, k=args.k,
-                            alpha=args.alpha, iterations=args.iterations, device=args.device, name=args.name,
+                            alpha=args.alpha, iterations=args.iterations, name=args.name,
                             batch_size=args.batch_size, workers=args.workers, wait=args.wait,
                             progress=not args.quiet)
     done("pseudolabel propagate", art, t0)
