@@ -135,7 +135,7 @@ BAD = [
     ('modality = ["image", "caption"]', 'modalities = ["image"]', ["unknown key 'modalities' in [[embed]] #1",
                                                                     "did you mean 'modality'"]),
     ('[[split]]', '[[splits]]', ["unknown key 'splits' in the project file",
-                                 "data, corpus, split, mine, embed, pseudolabel"]),
+                                 "data, corpus, split, mine, embed, pixels, train, pseudolabel"]),
     ('shard_size = 8', 'shard_size = "8"', ["shard_size in [[corpus]] #1 (name 'tiny') is '8': it must be an integer"]),
     ('shard_size = 8', 'shard_size = true', ["shard_size", "is True: it must be an integer"]),
     ('corpora = ["tiny"]\nlabeled', 'corpora = "tiny"\nlabeled', ["corpora in [[split]] #1", "a list of strings"]),
