@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 
 from clipstore.features.items import CLASSNAME, IMAGE
-from clipstore.features.knn import default_device
 from clipstore.features.pseudolabels.classes import CLASS_TABLES, class_rows
 from clipstore.features.pseudolabels.common import (Side, check_finite, check_pool, default_name,
                                                      produce_pseudolabels, vectors_digest)
@@ -57,6 +56,7 @@ def label_propagation(store: Store, *, corpus: str, model=None, embeddings: list
     tset = template_set(templates)
     corpus_art = store.corpora([corpus])[corpus]
     corpus_classes = _corpus_classes(store, corpus)
+    from clipstore.features.knn import default_device
     model_fp, model_name, device = None, None, default_device()
     if model is not None:   # the solve runs where the model does (a ModelSpec's --device)
         image_arts, class_art, model_fp, model_name, device = _embed(store, model, corpus, templates, batch_size,

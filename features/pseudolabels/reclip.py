@@ -30,10 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
-from clipstore.features.knn import default_device, self_knn
-from clipstore.ops.cg import cg, sparse_from_scipy
+# torch (through features.knn and ops.cg) is imported where it is used: the CLI discovers this
+# module's producer at start-up, and `clipstore` must answer (or refuse) before torch loads
 
 ALPHA = 0.99          # ReCLIP's diffusion weight
 K = 20                # neighbours per node
@@ -82,6 +81,7 @@ def project(vectors: np.ndarray, basis: np.ndarray) -> np.ndarray:
 def affinity_graph(points: np.ndarray, k: int = K, *, device: str | None = None) -> sp.csr_matrix:
     """D^−1/2 W D^−1/2 of the symmetrised top-k affinity graph of these (unit) rows, float64 CSR."""
     n = len(points)
+    from clipstore.features.knn import default_device, self_knn
     neighbors, sims = self_knn(points, k, device=device or default_device())
     rows = np.repeat(np.arange(n, dtype=np.int64), neighbors.shape[1])
     keep = neighbors.ravel() >= 0
@@ -100,6 +100,10 @@ def diffuse(w: sp.csr_matrix, y: np.ndarray, *, alpha: float = ALPHA, iters: int
     `solver`: "torch" (ops.cg with torch's sparse product on `device`), "batched" (ops.cg with
     scipy's CSR product, CPU), "scipy" (scipy.sparse.linalg.cg class by class); default: torch on
     a GPU, batched on the CPU."""
+    import torch
+
+    from clipstore.features.knn import default_device
+    from clipstore.ops.cg import cg, sparse_from_scipy
     device = device or default_device()
     solver = solver or ("torch" if device.startswith("cuda") else "batched")
     n, c = y.shape
@@ -132,6 +136,7 @@ def diffuse(w: sp.csr_matrix, y: np.ndarray, *, alpha: float = ALPHA, iters: int
 def _one_thread():
     """The CG's element-wise steps on (n, C) arrays are memory-bound: extra CPU threads only add
     synchronisation, and on a shared machine their waits dominate (measured: 4x slower)."""
+    import torch
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
