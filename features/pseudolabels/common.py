@@ -132,7 +132,7 @@ def resolve_vectors(store: Store, *, split: str, model=None, embeddings: list[st
     else:
         arts, tower, model_fp, name = _named_embeddings(store, embeddings)
         scale = None
-    roles = _split_roles(store, split)
+    roles = _split_roles(store, split_art)
     vset = vector_set(store, arts, modality=IMAGE, split=split, roles=["labeled", "unlabeled"])
     role = np.asarray(vset.items.column("role").to_pylist(), dtype=object)
     ids = vset.items.column("item_id").to_pylist()
@@ -163,14 +163,14 @@ def _split(store: Store, split: str) -> Artifact:
     return art
 
 
-def _split_roles(store: Store, split: str) -> dict[str, set[str]]:
-    """Image ids per role of the split; `eval` = val and test together."""
-    with Session(store) as session:
-        rows = session.query("SELECT role, image_id FROM splits WHERE split = $split AND image_id IS NOT NULL",
-                             {"split": split})
+def _split_roles(store: Store, split: Artifact) -> dict[str, set[str]]:
+    """Image ids per role of the split version; `eval` = val and test together (read from its
+    own table file: a split is one part, nothing supersedes its rows)."""
+    rows = read_parquet(store.table_paths(split, "splits"), columns=["role", "image_id"])
     out: dict[str, set[str]] = {"labeled": set(), "unlabeled": set(), "eval": set()}
     for role, image in zip(rows.column("role").to_pylist(), rows.column("image_id").to_pylist()):
-        out["eval" if role in ("val", "test") else role].add(image)
+        if image is not None:
+            out["eval" if role in ("val", "test") else role].add(image)
     out["unlabeled"] -= out["labeled"]     # an image in both is labeled (vector sets resolve it the same way)
     return out
 
@@ -427,10 +427,18 @@ def entropy(p: np.ndarray) -> np.ndarray:
 
 
 def top_k(p: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, weights renormalised to sum 1) of the k largest entries per row, best first
-    (ties: the lower index first)."""
+    """(indices, weights renormalised to sum 1) of the k largest entries per row, best first. A
+    partition, then a sort of the k only (O(m) per row, not O(m log m)); among equal weights the
+    lower index comes first, except that which of several entries tied at the k-th place is kept
+    is the partition's (deterministic) choice."""
     k = min(k, p.shape[1])
-    idx = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    if k < p.shape[1]:
+        idx = np.argpartition(-p, k - 1, axis=1)[:, :k]
+    else:
+        idx = np.broadcast_to(np.arange(k), p.shape).copy()
+    vals = np.take_along_axis(p, idx, axis=1)
+    order = np.lexsort((idx, -vals), axis=1)
+    idx = np.take_along_axis(idx, order, axis=1)
     w = np.take_along_axis(p, idx, axis=1).astype(np.float64)
     total = w.sum(axis=1, keepdims=True)
     w = np.where(total > 0, w / np.where(total > 0, total, 1), 1.0 / k)
