@@ -11,7 +11,9 @@ API (everything a producer module needs):
       Refuses: no such split, no labeled / unlabeled images, several towers mixed, images
       without a vector, NaN/Inf vectors. `SplitVectors.labeled` / `.unlabeled` are `Side`s:
       `items` (item_id = image_id, corpus, sample_id, embeddings_id, part, row), `vectors`
-      (float32, unit rows), `digest` (what the rows and their stored bytes are).
+      (float32, unit rows), `digest` (what the rows and their stored bytes are);
+      `.lineage()` the lineage values of rows made from them, `.recipe()` what pins them in a
+      recipe (split name, tower, labeled and unlabeled digests: drop `unlabeled` to be incremental).
   sample_captions(store, keys) -> {(corpus, sample_id): [caption_id, ...]}   (ordinal order)
   classes_by_sample(store, corpora) -> {sample_id: class}                     (the truth)
   check_pool(k, pool, what)     "k larger than the pool" as an InputError naming the fix.
@@ -19,20 +21,23 @@ API (everything a producer module needs):
   produce_pseudolabels(store, producer=, name=, params=, tables=, lineage=, build=, wanted=, ...)
       The produce wrapper (inside the writer lock): the recipe is the producer's params plus
       TABLES_VERSION; `inputs` are pinned by version, `sources` recorded as lineage only.
-      `build(run)` computes and calls `run.write({table: arrow table})` once per part; the
-      wrapper fills the LINEAGE columns (tables.py) the table does not carry itself.
+      `build(run)` computes and calls `run.write({table: arrow table})` once per part (and may
+      put figures into `run.stats`); the wrapper fills the LINEAGE columns (tables.py) the table
+      does not carry itself (a per-row `embeddings_ids` column, say, wins over `lineage`).
       Recipe-pinned (wanted=None): a completed recipe is a no-op, nothing read. Incremental
       (wanted = the key values, e.g. unlabeled image ids, that should have rows): `run.todo`
       holds only those the artifact lacks; none -> a no-op run; a committed key no longer
       wanted -> every part is retired and all are recomputed. After `build`, the audit
       (audit.py: AUDITS by table) runs over all rows: its summary goes into stats["audit"], its
       calibration rows into the `pseudo_calibration` table.
+  pseudolabel_artifact(store, ref, table=), read_table(store, art, table)   read an artifact back.
   entropy(p), top_k(p, k), caption_rows(...), default_name(split, producer, model)   row helpers.
 
 CLI: each module of this package that defines `add_parser(sub, cli)` (and optionally an int
 `CLI_ORDER`) gets its `clipstore pseudolabel NAME` subcommand: clipstore/cli_pseudolabel.py
 discovers them (`producer_modules()` in __init__.py), no shared file lists them; `cli` is that
-module, with the shared option helpers (`add_vector_options`, `model_spec`, `done`). Audits:
+module, with the shared helpers (`add_vector_options`, `vector_kwargs`, `model_spec`, `store`,
+`done`). Audits:
 audit.py's `register_audit(table)` decorator. See docs/pseudolabels.md."""
 
 from __future__ import annotations
