@@ -17,7 +17,7 @@ its figures, and append it to SECTIONS; `--only NAME` runs one):
              float64 per call.
 
   propagation  ReCLIP label propagation over --n images and --classes classes (`pseudolabel
-             propagate`): clipstore (features/pseudolabels/reclip.py: the kNN graph on the
+             propagate`): clipstore (features/pseudolabels/reclip.py: exact kNN on the
              projected vectors' coordinates, a CSR matrix of ≤ 2(N+C)k entries, batched CG) against
              a dense implementation in the public code's style — the (N+C)² affinity
              (x·y + 1)/2 with its diagonal zeroed through a dense identity, torch.topk + scatter

@@ -243,6 +243,12 @@ def test_bad_input_is_refused_before_anything_is_written(synth, tmp_path, tiny):
     with pytest.raises(InputError, match="carries a class") as e:
         classes(synth, split="p", model=tiny, k=3, workers=0, progress=False)
     assert "propagate" in e.value.fix
+    # caption-only train entries (images absent, kept): the public selection labels none of them
+    write_karpathy(tmp_path / "noimg", [{"filename": f"{i}.png", "captions": ["a field ."]} for i in range(6)])
+    ingest(synth, "karpathy", tmp_path / "noimg" / "dataset.json", name="noimg", keep_missing=True, progress=False)
+    make_split(synth, "empty", corpora=["noimg"], labeled_ratio=0.5, seed=0, compat="sclip")
+    with pytest.raises(InputError, match="has no labeled images"):
+        classes(synth, split="empty", embeddings=[onehot.artifact_id], k=5)
     with pytest.raises(NotFoundError, match="no split"):
         classes(synth, split="nope", model=tiny)
     with pytest.raises(InputError, match="has no classes"):
