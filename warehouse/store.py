@@ -449,14 +449,17 @@ class ArtifactBuilder:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def commit_part(self, part: int, files: dict[str, tuple[Path, int]]) -> None:
+    def commit_part(self, part: int, files: dict[str, tuple[Path, int]],
+                    digests: dict[str, str] | None = None) -> None:
         """Commit a part: files maps table name -> (temp file, row count). Renames first, then
         one catalog transaction; until that transaction commits, the part does not exist, and
-        until `finish()` publishes it, readers do not see it."""
+        until `finish()` publishes it, readers do not see it. `digests` (table -> sha256): what
+        the process that wrote the files computed as it closed them (a Ray worker), so that the
+        committing process does not read every byte again."""
         published = []
         for table, (tmp_file, rows) in sorted(files.items()):
             final = self.path / table / f"{part:06d}{tmp_file.suffix}"
-            sha = file_sha256(tmp_file)
+            sha = digests[table] if digests is not None else file_sha256(tmp_file)
             fs.publish(tmp_file, final)
             published.append([self.artifact_id, part, table, str(final.relative_to(self.store.root)), rows,
                               sha, self.run_id, _now(), False, False])
