@@ -42,7 +42,7 @@ def cmd_embed(args) -> None:
                  modality=tuple(args.modality), vocab=args.vocab, classnames_corpus=args.classnames_corpus,
                  templates=args.templates, per_template=args.per_template,
                  views=args.views, augment=args.augment, seed=args.seed, batch_size=args.batch_size,
-                 workers=args.workers, wait=args.wait, progress=not args.quiet)
+                 workers=args.workers, wait=args.wait, progress=not args.quiet, ray=args.ray)
     for art in arts:
         counts = ", ".join(f"{k} {v}" for k, v in art.counts.items() if not isinstance(v, dict))
         print(f"embed {art.name}: {counts} -> {art.artifact_id}")
@@ -167,6 +167,11 @@ def add_parsers(sub) -> None:
                    help="image decoding processes (default: half the cores, at most one per shard; "
                         "0 for a job of up to 256 images)")
     g.add_argument("--threads", type=int, help="torch threads for the model (default: torch's choice)")
+    from clipstore.warehouse.raydata import ADDRESS_HELP, INSTALL
+    g.add_argument("--ray", metavar="ADDRESS",
+                   help=f"run the model in a Ray actor pool: one replica per GPU (CPU replicas without GPUs; "
+                        f"--workers: how many), each reading the store's shards; {ADDRESS_HELP}; needs {INSTALL} "
+                        "(default: this machine)")
     s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser("index", help="a FAISS index over cached embeddings, with measured recall",

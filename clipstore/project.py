@@ -30,7 +30,8 @@ NAMES = {"str": "a string", "path": "a path string", "int": "an integer", "float
 DATA = {"root": "path"}
 CORPUS = {"name": "str!", "format": "str!", "path": "path!", "images": "path", "image_map": "path",
           "keep_missing": "bool", "preset": "str", "shard_size": "int", "workers": "int",
-          "keep_original": "bool", "max_pixels": "int", "png_level": "int", "replace": "bool", "max_bytes": "int"}
+          "keep_original": "bool", "max_pixels": "int", "png_level": "int", "replace": "bool", "max_bytes": "int",
+          "ray": "str"}
 SPLIT = {"name": "str!", "corpora": "list[str]!", "unlabeled_corpora": "list[str]", "labeled_ratio": "float!",
          "seed": "int!", "compat": "str"}
 _MATCH = {"match_split": "str", "match_role": "str", "match_corpora": "list[str]"}
@@ -49,7 +50,7 @@ MODEL_KEYS = {"model": "str", "pretrained": "str", "checkpoint": "path", "allow_
               "precision": "str", "device": "str"}   # the ModelSpec; the rest are embed()'s options
 EMBED = {**MODEL_KEYS, "corpus": "str|list[str]", "split": "str", "modality": "str|list[str]", "vocab": "str",
          "classnames_corpus": "str", "class_names": "list[str]", "templates": "str", "per_template": "bool",
-         "views": "int", "augment": "str", "seed": "int", "batch_size": "int", "workers": "int"}
+         "views": "int", "augment": "str", "seed": "int", "batch_size": "int", "workers": "int", "ray": "str"}
 TABLES = {"data": "[data]", "corpus": "[[corpus]]", "split": "[[split]]", "mine": "[[mine.*]]", "embed": "[[embed]]"}
 
 
