@@ -21,6 +21,7 @@ import io
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -316,6 +317,30 @@ class PartWriter:
         self.part += 1
         return n
 
+    @contextmanager
+    def together(self):
+        """The parts written in the block are committed at its end in one catalog transaction
+        (all or none), not one by one."""
+        real, held = self.builder, _HeldCommits(self.builder)
+        self.builder = held
+        try:
+            yield
+        finally:
+            self.builder = real
+        if held.parts:
+            real.commit_parts(held.parts)
+
+
+class _HeldCommits:
+    """Stands in for the builder while a PartWriter holds its commits back: parts are written
+    as usual (temp files), their commit is kept for one `commit_parts`."""
+
+    def __init__(self, builder: ArtifactBuilder):
+        self.artifact_id, self.temp_dir, self.parts = builder.artifact_id, builder.temp_dir, []
+
+    def commit_part(self, part: int, files: dict, digests: dict | None = None) -> None:
+        self.parts.append((part, files, digests))
+
 
 def _committed_keys(paths: list[Path]) -> set[tuple[str, int]]:
     keys: set[tuple[str, int]] = set()
@@ -547,18 +572,21 @@ def _embed_images_remote(remote, writer: PartWriter, job: Job, tasks: list[Shard
     bar = _progress(progress, f"embed {job.source_name} images", n_images, "img")
     done: dict[int, np.ndarray] = {}
     total, next_task = 0, 0
-    for index, features in remote.images(computing, job.views, batch_size, job.source_name):
-        done[index] = features
-        if bar is not None:
-            bar.update(len(tasks[index].compute))
-        while next_task < len(tasks) and (next_task in done or not tasks[next_task].compute):
-            computed = done.pop(next_task, None)
-            total += _commit_shard(writer, job, tasks[next_task],
-                                   [torch.from_numpy(computed)] if computed is not None else [], copies)
+    for ready in remote.images(computing, job.views, batch_size, job.source_name):
+        for index, features in ready:
+            done[index] = features
+            if bar is not None:
+                bar.update(len(tasks[index].compute))
+        with writer.together():   # what became committable: one catalog transaction
+            while next_task < len(tasks) and (next_task in done or not tasks[next_task].compute):
+                computed = done.pop(next_task, None)
+                total += _commit_shard(writer, job, tasks[next_task],
+                                       [torch.from_numpy(computed)] if computed is not None else [], copies)
+                next_task += 1
+    with writer.together():
+        while next_task < len(tasks):   # trailing shards whose vectors are all copies
+            total += _commit_shard(writer, job, tasks[next_task], [], copies)
             next_task += 1
-    while next_task < len(tasks):   # trailing shards whose vectors are all copies
-        total += _commit_shard(writer, job, tasks[next_task], [], copies)
-        next_task += 1
     if bar is not None:
         bar.close()
     return total, sum(len(t.items) - len(t.compute) for t in tasks)
@@ -627,10 +655,12 @@ def _embed_texts(writer: PartWriter, model: LoadedModel, pending: list[dict], ba
     total = 0
     chunks = [pending[start:start + TEXT_PART_SIZE] for start in range(0, len(pending), TEXT_PART_SIZE)]
     if remote is not None:   # each part's texts encoded by an actor, committed in part order
-        for i, vectors in remote.texts([[r["text"] for r in chunk] for chunk in chunks], batch_size):
-            total += writer.raw(chunks[i], vectors)
-            if bar is not None:
-                bar.update(len(chunks[i]))
+        for ready in remote.texts([[r["text"] for r in chunk] for chunk in chunks], batch_size):
+            with writer.together():
+                for i, vectors in ready:
+                    total += writer.raw(chunks[i], vectors)
+                    if bar is not None:
+                        bar.update(len(chunks[i]))
         chunks = []
     for chunk in chunks:
         total += writer.raw(chunk, _encode_texts(model, [r["text"] for r in chunk], batch_size, bar))
@@ -647,7 +677,7 @@ def _embed_classes(writer: PartWriter, job: Job, model: LoadedModel, classes: li
         return 0
     prompts = [p for c in classes for p in c.prompts]
     if remote is not None:
-        raw = [vectors for _, vectors in remote.texts([prompts], batch_size)][0]
+        raw = [vectors for ready in remote.texts([prompts], batch_size) for _, vectors in ready][0]
     else:
         raw = _encode_texts(model, prompts, batch_size)
     unit = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)

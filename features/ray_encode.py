@@ -65,29 +65,29 @@ class RayEncoder:
         checkpoint = Path(self.spec.checkpoint).resolve() if self.spec.checkpoint is not None else None
         return replace(self.spec, device=self.device, precision=self.precision, checkpoint=checkpoint)
 
-    def _run(self, work: list[bytes]) -> Iterator[tuple[int, np.ndarray]]:
+    def _run(self, work: list[bytes]) -> Iterator[list[tuple[int, np.ndarray]]]:
         rows = [{"key": i, "work": w} for i, w in enumerate(work)]
         decode_threads = max(1, int(self.num_cpus) - 1) if self.num_gpus else max(0, int(self.num_cpus) // 2)
         constructor = {"spec": self.actor_spec(), "fingerprint": self.fingerprint,
                        "threads": max(1, int(self.num_cpus)), "decode_threads": decode_threads}
-        for row in raydata.map_actors(rows, Encoder, constructor=constructor, size=min(self.size, len(rows)),
-                                      num_cpus=self.num_cpus, num_gpus=self.num_gpus):
-            yield int(row["key"]), raydata.loads(row["result"])
+        for batch in raydata.map_actors(rows, Encoder, constructor=constructor, size=min(self.size, len(rows)),
+                                        num_cpus=self.num_cpus, num_gpus=self.num_gpus):
+            yield [(int(row["key"]), raydata.loads(row["result"])) for row in batch]
 
-    def images(self, tasks: list, views, batch_size: int, source: str) -> Iterator[tuple[int, np.ndarray]]:
-        """(task index, raw features) per shard task, as the shards complete."""
+    def images(self, tasks: list, views, batch_size: int, source: str) -> Iterator[list[tuple[int, np.ndarray]]]:
+        """Batches of (task index, raw features), one per shard task, as the shards complete."""
         from clipstore.features.embed import ShardTask
         work = [raydata.dumps(("images", (ShardTask(t.index, Path(t.shard).resolve(), [], t.compute), views,
                                           batch_size, source))) for t in tasks]
-        for i, features in self._run(work):
-            yield tasks[i].index, features
+        for batch in self._run(work):
+            yield [(tasks[i].index, features) for i, features in batch]
 
-    def texts(self, chunks: list[list[str]], batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(chunk number, raw features) in chunk order."""
+    def texts(self, chunks: list[list[str]], batch_size: int) -> Iterator[list[tuple[int, np.ndarray]]]:
+        """Batches of (chunk number, raw features), in chunk order."""
         work = [raydata.dumps(("texts", (chunk, batch_size))) for chunk in chunks]
-        rows = ({"part": i, "features": f} for i, f in self._run(work))
-        for row in raydata.in_order(rows, 0):
-            yield row["part"], row["features"]
+        done = ([{"part": i, "features": f} for i, f in batch] for batch in self._run(work))
+        for batch in raydata.in_order(done, 0):
+            yield [(row["part"], row["features"]) for row in batch]
 
 
 class Encoder:

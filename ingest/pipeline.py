@@ -123,12 +123,13 @@ def _run(store: Store, builder: ArtifactBuilder, source, name: str, image_option
     def spec(part: int) -> PartSpec:   # the class table goes into the run's first part when it changed
         return PartSpec(part, name, out_dir, class_index, classes if classes_changed and part == first_part else None)
 
-    def commit(result: PartResult, digests: dict[str, str] | None = None) -> None:
-        builder.commit_part(result.part, result.files, digests)
-        totals.update(result.counts)
-        if bar is not None:
-            if digests is not None:   # built remotely: the bar moves a whole part at a time
+    def commit(results: list[tuple[PartResult, dict[str, str] | None]]) -> None:
+        builder.commit_parts([(r.part, r.files, digests) for r, digests in results])
+        for result, digests in results:
+            totals.update(result.counts)
+            if bar is not None and digests is not None:   # built remotely: the bar moves a part at a time
                 bar.update(result.counts["samples"] + result.counts["rejected"])
+        if bar is not None:
             bar.set_postfix(images=totals["images"], rejected=totals["rejected"], refresh=False)
 
     entries = _pending(source.records, ledger)
@@ -136,16 +137,15 @@ def _run(store: Store, builder: ArtifactBuilder, source, name: str, image_option
     if ray is None:
         for result in _local_parts(entries, spec, first_part, image_options, keep_missing, shard_size, workers,
                                    bar.update if bar is not None else None):
-            commit(result)
+            commit([(result, None)])
             wrote = True
     else:
         from clipstore.ingest.ray_parts import ray_parts
-        for result, digests in ray_parts(entries, spec, first_part, image_options, keep_missing, shard_size,
-                                         workers):
-            commit(result, digests)
+        for ready in ray_parts(entries, spec, first_part, image_options, keep_missing, shard_size, workers):
+            commit(ready)
             wrote = True
     if not wrote and classes_changed:   # only the class list changed
-        commit(write_part(spec(first_part), ()))
+        commit([(write_part(spec(first_part), ()), None)])
     if bar is not None:
         bar.close()
 

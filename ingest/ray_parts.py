@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from clipstore.ingest.parts import Entry, ImageOptions, PartResult, PartSpec, build_part
-from clipstore.warehouse import raydata
+from clipstore.warehouse import fs, raydata
 from clipstore.warehouse.errors import ClipstoreError
 from clipstore.warehouse.hashing import file_sha256
 from clipstore.warehouse.store import PACKAGE_VERSION
@@ -25,8 +25,9 @@ WINDOW_ROUNDS = 4   # parts in flight per window: this many rounds of the cluste
 
 
 def ray_parts(entries: Iterator[Entry], spec: Callable[[int], PartSpec], first_part: int, options: ImageOptions,
-              keep_missing: bool, shard_size: int, workers: int | None) -> Iterator[tuple[PartResult, dict]]:
-    """(part, its files' sha256) in part order, built on the connected Ray cluster."""
+              keep_missing: bool, shard_size: int, workers: int | None) -> Iterator[list[tuple[PartResult, dict]]]:
+    """Batches of (part, its files' sha256) in part order, built on the connected Ray cluster:
+    each batch is what became committable at once (the driver commits it in one transaction)."""
     cwd = os.getcwd()
     slots = workers or max(1, int(raydata.cluster_resources().get("CPU", 1)))
 
@@ -37,8 +38,8 @@ def ray_parts(entries: Iterator[Entry], spec: Callable[[int], PartSpec], first_p
             yield {"part": part.part, "work": raydata.dumps((part, chunk, options, keep_missing, cwd, PACKAGE_VERSION))}
 
     done = raydata.map_rows(rows(), build_part_task, window=WINDOW_ROUNDS * slots, concurrency=workers)
-    for row in raydata.in_order(done, first_part):
-        yield raydata.loads(row["result"])
+    for batch in raydata.in_order(done, first_part):
+        yield [raydata.loads(row["result"]) for row in batch]
 
 
 def _take(entries: Iterator[Entry], n: int) -> list[Entry]:
@@ -61,7 +62,10 @@ def build_part_task(row: dict) -> dict:
         relative = any(_relative(e) for e in entries)
         with raydata.driver_cwd(cwd, required=relative):
             result = build_part(spec, entries, options, keep_missing)
-        digests = {table: file_sha256(path) for table, (path, _) in result.files.items()}
+        digests = {}
+        for table, (path, _) in result.files.items():
+            fs.fsync_file(path)   # durable from the node that wrote it: the driver's fsync would not be, on NFS
+            digests[table] = file_sha256(path)
     except ClipstoreError as exc:
         return {"part": row["part"], **raydata.error_row(exc)}
     return {"part": row["part"], "result": raydata.dumps((result, digests))}

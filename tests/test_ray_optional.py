@@ -51,10 +51,11 @@ def test_without_ray_installed_the_error_names_the_extra(tmp_path, cli, monkeypa
 
 
 def test_parts_are_committed_in_part_order_whatever_order_they_complete_in():
-    rows = [{"part": p} for p in (5, 3, 4, 7, 6)]
-    assert [r["part"] for r in raydata.in_order(rows, 3)] == [3, 4, 5, 6, 7]
+    """Completed parts wait for the ones before them; what becomes committable at once is one batch."""
+    completed = [[{"part": 5}], [{"part": 3}, {"part": 4}], [{"part": 7}], [{"part": 6}]]
+    assert [[r["part"] for r in batch] for batch in raydata.in_order(completed, 3)] == [[3, 4, 5], [6, 7]]
     with pytest.raises(ClipstoreError, match="part 4 never did"):
-        list(raydata.in_order([{"part": 3}, {"part": 5}], 3))
+        list(raydata.in_order([[{"part": 3}], [{"part": 5}]], 3))
 
 
 def test_an_error_returned_by_a_remote_function_is_raised_with_its_class_and_fix():

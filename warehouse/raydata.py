@@ -118,18 +118,42 @@ def raise_errors(row: dict) -> dict:
     return row
 
 
-def in_order(rows: Iterable[dict], first: int, key: str = "part") -> Iterator[dict]:
-    """Rows in `key` order from `first` on, whatever order they complete in: the driver commits
-    part n only after parts first..n-1, so a killed run leaves a prefix of parts."""
+def in_order(batches: Iterable[list[dict]], first: int, key: str = "part") -> Iterator[list[dict]]:
+    """Batches of rows in `key` order from `first` on, whatever order they complete in: the
+    driver commits part n only after parts first..n-1, so a killed run leaves a prefix of parts.
+    Each batch is every row that became committable at once (one catalog transaction)."""
     waiting: dict[int, dict] = {}
     expected = first
-    for row in rows:
-        waiting[int(row[key])] = row
+    for batch in batches:
+        for row in batch:
+            waiting[int(row[key])] = row
+        ready = []
         while expected in waiting:
-            yield waiting.pop(expected)
+            ready.append(waiting.pop(expected))
             expected += 1
+        if ready:
+            yield ready
     if waiting:
         raise ClipstoreError(f"parts {sorted(waiting)} completed but part {expected} never did")
+
+
+def _pump(ds, out: queue.Queue, tag: int) -> None:
+    """Iterate a dataset on a thread, handing rows (or its error) to the driver's thread."""
+    try:
+        for row in ds.iter_rows():
+            out.put((tag, row, None))
+    except BaseException as exc:   # noqa: BLE001 - raised again on the driver's thread
+        out.put((tag, None, exc))
+
+
+def _ready(out: queue.Queue) -> list[tuple]:
+    """What completed: wait for one, then take everything else already there."""
+    got = [out.get()]
+    while True:
+        try:
+            got.append(out.get_nowait())
+        except queue.Empty:
+            return got
 
 
 @contextmanager
@@ -169,23 +193,16 @@ def _data_context():
 
 
 def map_rows(rows: Iterator[dict], fn: Callable[[dict], dict], *, window: int, concurrency: int | None = None,
-             num_cpus: float = 1.0) -> Iterator[dict]:
-    """fn over rows in Ray tasks (one row per block: a row is a whole part), results as they
-    complete. Rows are taken from the iterator `window` at a time, each window one dataset, so
-    the driver never holds more than two windows of work however large the source; the next
-    window starts while the current one's last tasks run, so the cluster does not idle between
-    them."""
+             num_cpus: float = 1.0) -> Iterator[list[dict]]:
+    """fn over rows in Ray tasks (one row per block: a row is a whole part); yields the rows
+    completed since the last yield. Rows are taken from the iterator `window` at a time, each
+    window one dataset, so the driver never holds more than two windows of work however large
+    the source; the next window starts while the current one's last tasks run, so the cluster
+    does not idle between them."""
     import ray.data
     lookahead = max(1, concurrency or int(cluster_resources().get("CPU", 1)))
     out: queue.Queue = queue.Queue()
     remaining: dict[int, int] = {}
-
-    def pump(wid: int, ds) -> None:
-        try:
-            for row in ds.iter_rows():
-                out.put((wid, row, None))
-        except BaseException as exc:   # noqa: BLE001 - handed to the driver's thread
-            out.put((wid, None, exc))
 
     def launch(wid: int) -> bool:
         chunk = list(islice(rows, window))
@@ -196,7 +213,7 @@ def map_rows(rows: Iterator[dict], fn: Callable[[dict], dict], *, window: int, c
             ds = ray.data.from_items(chunk, override_num_blocks=len(chunk)).map(fn, num_cpus=num_cpus,
                                                                                  compute=compute)
         remaining[wid] = len(chunk)
-        threading.Thread(target=pump, args=(wid, ds), name=f"clipstore-ray-window-{wid}", daemon=True).start()
+        threading.Thread(target=_pump, args=(ds, out, wid), name=f"clipstore-ray-window-{wid}", daemon=True).start()
         return True
 
     latest, more = 0, launch(0)
@@ -205,19 +222,22 @@ def map_rows(rows: Iterator[dict], fn: Callable[[dict], dict], *, window: int, c
             if more and remaining.get(latest, 0) <= lookahead:
                 latest += 1
                 more = launch(latest)
-            wid, row, exc = out.get()
-            if exc is not None:
-                raise exc
-            remaining[wid] -= 1
-            if not remaining[wid]:
-                del remaining[wid]
-            yield raise_errors(row)
+            batch = []
+            for wid, row, exc in _ready(out):
+                if exc is not None:
+                    raise exc
+                remaining[wid] -= 1
+                if not remaining[wid]:
+                    del remaining[wid]
+                batch.append(raise_errors(row))
+            yield batch
 
 
 def map_actors(rows: list[dict], cls: type, *, constructor: dict, size: int, num_cpus: float = 1.0,
-               num_gpus: float = 0.0) -> Iterator[dict]:
+               num_gpus: float = 0.0) -> Iterator[list[dict]]:
     """cls(**constructor) in a fixed pool of `size` actors (each holds its state, e.g. a model,
-    for the whole dataset), called on one row at a time; results as they complete."""
+    for the whole dataset), called on one row at a time; yields the rows completed since the
+    last yield."""
     import ray.data
     if not rows:
         return
@@ -225,15 +245,25 @@ def map_actors(rows: list[dict], cls: type, *, constructor: dict, size: int, num
         ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
             cls, fn_constructor_kwargs=constructor, batch_size=1, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=size), num_cpus=num_cpus, num_gpus=num_gpus or None)
+    out: queue.Queue = queue.Queue()
+    threading.Thread(target=_pump, args=(ds, out, 0), name="clipstore-ray-actors", daemon=True).start()
+    left = len(rows)
     with _quiet_logs():
-        for row in ds.iter_rows():
-            yield raise_errors(row)
+        while left:
+            batch = []
+            for _, row, exc in _ready(out):
+                if exc is not None:
+                    raise exc
+                batch.append(raise_errors(row))
+            left -= len(batch)
+            yield batch
 
 
 def warm_up() -> None:
     """Run one empty dataset: Ray Data starts its cluster-wide helper actors on first use (seconds;
     they outlive the job on a `ray start` cluster), so a benchmark or a test can pay that first."""
-    list(map_rows(iter([{"part": 0}]), _identity, window=1))
+    for _ in map_rows(iter([{"part": 0}]), _identity, window=1):
+        pass
 
 
 def _identity(row: dict) -> dict:
