@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/knn.py
 	$(BIN)/python bench/eval.py
+	$(BIN)/python bench/scale.py
 
 gauntlet: $(STAMP)
 	$(BIN)/python bench/gauntlet.py
