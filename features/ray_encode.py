@@ -39,12 +39,19 @@ class RayEncoder:
 
     @classmethod
     def plan(cls, spec, workers: int | None, precision: str | None = None) -> "RayEncoder":
-        """One replica per GPU when the cluster has GPUs, else CPU replicas of a few cores each
-        (`workers`: how many). The precision is decided here, not on each node: it is part of the
-        fingerprint (bf16 on GPUs, fp32 on CPUs, unless the spec or the given model says)."""
+        """One replica per GPU when the cluster has GPUs (unless the spec says --device cpu), else
+        CPU replicas of a few cores each (`workers`: how many). The precision is decided here, not
+        on each node: it is part of the fingerprint (bf16 on GPUs, fp32 on CPUs, unless the spec
+        or the given model says)."""
         import ray
         resources = raydata.cluster_resources()
         gpus = int(resources.get("GPU", 0))
+        wants = (spec.device or "").split(":")[0]
+        if wants == "cuda" and not gpus:
+            raise ClipstoreError(f"--device {spec.device}: the Ray cluster has no GPU", fix="drop --device (CPU "
+                                 "replicas), or add GPU nodes to the cluster")
+        if wants == "cpu":
+            gpus = 0   # CPU replicas on a cluster that has GPUs too
         cpus = max(1, int(resources.get("CPU", 1)))
         node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [cpus]
         if gpus:
@@ -130,5 +137,5 @@ class Encoder:
                     features = _encode_texts(self.model, texts, batch_size)
                 rows.append({"key": int(key), "result": raydata.dumps(features), raydata.ERROR_KEY: None})
             except ClipstoreError as exc:
-                rows.append({"key": int(key), "result": None, **raydata.error_row(exc)})
+                rows.append({"key": int(key), **raydata.error_row(exc)})
         return {name: np.array([r[name] for r in rows], dtype=object) for name in ("key", "result", raydata.ERROR_KEY)}

@@ -73,6 +73,9 @@ def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str |
         from clipstore.warehouse.raydata import check_address
         ray = check_address(ray)
     with store.writing(wait=wait), _ray_session(ray):
+        if ray is not None:
+            from clipstore.warehouse.raydata import prestart
+            prestart(["clipstore.ingest.ray_parts"], workers)
         # incremental: the recipe names the source, not its contents; the ledger finds what changed
         builder = store.produce(kind="corpus", name=name, stage="ingest", version=STAGE_VERSION, params=params,
                                 tables=tables.CORPUS_TABLES,

@@ -68,7 +68,7 @@ def build_part_task(row: dict) -> dict:
             digests[table] = file_sha256(path)
     except ClipstoreError as exc:
         return {"part": row["part"], **raydata.error_row(exc)}
-    return {"part": row["part"], "result": raydata.dumps((result, digests))}
+    return {"part": row["part"], "result": raydata.dumps((result, digests)), raydata.ERROR_KEY: None}
 
 
 def _relative(entry: Entry) -> bool:

@@ -50,13 +50,15 @@ def check_address(address: str) -> str:
 
 @contextmanager
 def session(address: str):
-    """Connected to a Ray cluster for the block. A process already connected (ray.init called by
-    the user, a notebook, a test) keeps its connection; otherwise this connects (`auto`,
-    HOST:PORT, ray://...) or starts a one-machine loopback cluster (`local`), and disconnects
-    after."""
+    """Connected to a Ray cluster for the block, and after: the connection stays for the rest of
+    the process (Ray disconnects at exit), so a pipeline's later stages, or `project ingest`'s
+    next corpus, do not pay Ray's start-up again. A process already connected (ray.init() in a
+    notebook, a script, a test) keeps its connection; otherwise this connects (`auto`, HOST:PORT,
+    ray://...) or starts a one-machine loopback cluster (`local`) for the process."""
     address = check_address(address)
     ray = import_ray()
     if ray.is_initialized():
+        _check_same_cluster(ray, address)
         yield ray
         return
     kwargs: dict = {"address": address, "logging_level": logging.WARNING, "log_to_driver": False}
@@ -69,10 +71,17 @@ def session(address: str):
         raise ClipstoreError(f"cannot reach a Ray cluster at --ray {address}: {exc}",
                              fix="start one with `ray start --head` (then --ray auto), pass the head's address "
                                  "(--ray HOST:6379), or --ray local for a cluster of this machine alone") from None
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+    yield ray
+
+
+def _check_same_cluster(ray, address: str) -> None:
+    """A process connected to one cluster cannot use another: say so rather than run elsewhere."""
+    if address in ("auto", "local") or address.startswith("ray://") or ":" not in address:
+        return
+    current = ray.get_runtime_context().gcs_address
+    if current and current != address:
+        raise InputError(f"this process is connected to the Ray cluster at {current}, not {address}",
+                         fix=f"pass --ray {current} (or auto), or run in a new process")
 
 
 def _loopback_only() -> None:
@@ -108,7 +117,8 @@ def loads(data: bytes):
 
 
 def error_row(exc: ClipstoreError) -> dict:
-    return {ERROR_KEY: dumps(exc)}
+    """The columns of a failed call: no result, the error (every row has both columns)."""
+    return {"result": None, ERROR_KEY: dumps(exc)}
 
 
 def raise_errors(row: dict) -> dict:
@@ -257,6 +267,23 @@ def map_actors(rows: list[dict], cls: type, *, constructor: dict, size: int, num
                 batch.append(raise_errors(row))
             left -= len(batch)
             yield batch
+
+
+def prestart(modules: list[str], slots: int | None = None) -> None:
+    """Start this job's workers now, importing `modules`, while the driver reads the source: a
+    new driver (each CLI command) gets fresh worker processes, whose imports would otherwise
+    delay the first parts. Fire and forget; the map tasks then reuse these processes."""
+    import ray
+    slots = slots or max(1, int(cluster_resources().get("CPU", 1)))
+    task = ray.remote(num_cpus=1, max_retries=0)(_import_modules)
+    for _ in range(slots):
+        task.remote(modules)
+
+
+def _import_modules(modules: list[str]) -> None:
+    import importlib
+    for name in modules:
+        importlib.import_module(name)
 
 
 def warm_up() -> None:
