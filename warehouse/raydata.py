@@ -85,9 +85,26 @@ def _check_same_cluster(ray, address: str) -> None:
 
 
 def _loopback_only() -> None:
-    """A cluster clipstore starts for itself serves this process only: bind it to 127.0.0.1 and
-    send no usage statistics (a user's own settings win)."""
+    """A cluster clipstore starts for itself serves this process only: bind it to 127.0.0.1, send
+    no usage statistics, and keep Ray's token authentication with a token of this process's own
+    (a temporary file, removed at exit) instead of one Ray would leave in ~/.ray. A user's own
+    settings win."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    auth = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    if not any(k in os.environ for k in auth) and not (Path.home() / ".ray" / "auth_token").exists():
+        import atexit
+        import secrets
+        import tempfile
+        fd, token = tempfile.mkstemp(prefix="clipstore-ray-token-")   # mode 0600
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        atexit.register(lambda: os.path.exists(token) and os.remove(token))
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
+        try:   # Ray read its configuration when imported: have it read the mode again, as Ray does itself
+            from ray._raylet import Config
+            Config.initialize("")
+        except (ImportError, AttributeError):
+            pass
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")   # Ray's switch: node address = loopback
     from ray._private import ray_constants
     ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false", "False")
