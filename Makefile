@@ -69,6 +69,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/knn.py
 	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/pseudolabel.py
+	$(BIN)/python bench/scale.py
 
 gauntlet: $(STAMP)
 	$(BIN)/python bench/gauntlet.py

@@ -80,7 +80,7 @@ def cmd_ingest(args) -> None:
                  image_map=args.image_map, keep_missing=args.keep_missing, preset=args.preset,
                  shard_size=args.shard_size, workers=args.workers, keep_original=args.keep_original,
                  max_pixels=args.max_pixels, max_bytes=args.max_bytes, wait=args.wait, progress=not args.quiet,
-                 replace=args.replace)
+                 replace=args.replace, ray=args.ray)
     from clipstore.ingest.naming import corpus_name, describe
     named = describe(*corpus_name(args.format, args.path, args.name, args.preset), args.path)
     if named:
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     from clipstore import __version__
     from clipstore.ingest.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, byte_size
     from clipstore.ingest.pipeline import DEFAULT_SHARD_SIZE
+    from clipstore.warehouse.raydata import ADDRESS_HELP, INSTALL
     p = Parser(prog="clipstore", description="clipstore: a data-centric preprocessing and feature store for "
                                              "adapting CLIP to specialist domains.",
                epilog="`clipstore COMMAND --help` explains a command and its options; docs/cli.md the conventions.")
@@ -169,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(default: from --name)")
     s.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                    help="entries per shard/part (default %(default)s)")
-    s.add_argument("--workers", type=int, default=None, help="decode processes (default: CPU count)")
+    s.add_argument("--workers", type=int, default=None,
+                   help="decode processes; with --ray, parts built at a time (default: CPU count; with --ray, "
+                        "the cluster's CPUs)")
+    s.add_argument("--ray", metavar="ADDRESS", help=f"build the parts in Ray tasks on a cluster: {ADDRESS_HELP}; "
+                                                    f"same result as without; needs {INSTALL} (default: this machine)")
     s.add_argument("--keep-original", action="store_true",
                    help="store TIFF etc. as original bytes (default: transcode to lossless PNG)")
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,

@@ -42,7 +42,8 @@ def cmd_embed(args) -> None:
                  modality=tuple(args.modality), vocab=args.vocab, classnames_corpus=args.classnames_corpus,
                  templates=args.templates, per_template=args.per_template,
                  views=args.views, augment=args.augment, seed=args.seed, batch_size=args.batch_size,
-                 workers=args.workers, pixel_cache=args.pixel_cache, wait=args.wait, progress=not args.quiet)
+                 workers=args.workers, pixel_cache=args.pixel_cache, wait=args.wait, progress=not args.quiet,
+                 ray=args.ray)
     for art in arts:
         counts = ", ".join(f"{k} {v}" for k, v in art.counts.items() if not isinstance(v, dict))
         print(f"embed {art.name}: {counts} -> {art.artifact_id}")
@@ -191,6 +192,11 @@ def add_parsers(sub) -> None:
                    help="read images from the corpus's pixel cache of the model's preprocessing (`clipstore "
                         "pixels`): auto = when one exists, use = require it, off = always decode the shards "
                         "(default: %(default)s)")
+    from clipstore.warehouse.raydata import ADDRESS_HELP, INSTALL
+    g.add_argument("--ray", metavar="ADDRESS",
+                   help=f"run the model in a Ray actor pool: one replica per GPU (CPU replicas without GPUs; "
+                        f"--workers: how many), each reading the store's shards; {ADDRESS_HELP}; needs {INSTALL} "
+                        "(default: this machine)")
     s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser("pixels", help="cache decoded, resized uint8 images (memory-mapped) for training and embed",

@@ -31,7 +31,8 @@ NAMES = {"str": "a string", "path": "a path string", "int": "an integer", "float
 DATA = {"root": "path"}
 CORPUS = {"name": "str!", "format": "str!", "path": "path!", "images": "path", "image_map": "path",
           "keep_missing": "bool", "preset": "str", "shard_size": "int", "workers": "int",
-          "keep_original": "bool", "max_pixels": "int", "png_level": "int", "replace": "bool", "max_bytes": "int"}
+          "keep_original": "bool", "max_pixels": "int", "png_level": "int", "replace": "bool", "max_bytes": "int",
+          "ray": "str"}
 SPLIT = {"name": "str!", "corpora": "list[str]!", "unlabeled_corpora": "list[str]", "labeled_ratio": "float!",
          "seed": "int!", "compat": "str"}
 _MATCH = {"match_split": "str", "match_role": "str", "match_corpora": "list[str]"}
@@ -51,7 +52,7 @@ MODEL_KEYS = {"model": "str", "pretrained": "str", "checkpoint": "path", "allow_
 EMBED = {**MODEL_KEYS, "corpus": "str|list[str]", "split": "str", "modality": "str|list[str]", "vocab": "str",
          "classnames_corpus": "str", "class_names": "list[str]", "templates": "str", "per_template": "bool",
          "views": "int", "augment": "str", "seed": "int", "batch_size": "int", "workers": "int",
-         "pixel_cache": "str"}
+         "pixel_cache": "str", "ray": "str"}
 PIXELS = {**MODEL_KEYS, "corpus": "str|list[str]", "split": "str", "size": "int", "resize_mode": "str",
           "interpolation": "str", "fill_color": "int", "workers": "int"}   # model keys: --model's spec
 

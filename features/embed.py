@@ -20,8 +20,11 @@ See docs/vector-sets.md and docs/models.md."""
 
 from __future__ import annotations
 
+import io
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain, groupby
 from pathlib import Path
@@ -48,7 +51,7 @@ from clipstore.warehouse.hashing import canonical_json
 from clipstore.warehouse.lock import check_writable
 from clipstore.warehouse.pixels import PixelCache, PixelSpec, find_pixel_cache, open_pixel_cache
 from clipstore.warehouse.pixel_tensors import to_model_input
-from clipstore.warehouse.shards import StoredImage, corpus_images, decode
+from clipstore.warehouse.shards import StoredImage, corpus_images, decode, read_bytes
 from clipstore.warehouse.sql import Session
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
 from clipstore.warehouse.workers import context as workers_context
@@ -104,25 +107,33 @@ def embed(store: Store | str | Path, *, model: ModelSpec | LoadedModel, corpus: 
           classnames_corpus: str | None = None, templates: str = "default", per_template: bool = False,
           class_names: list[str] | None = None, views: int = 0, augment: str | None = None, seed: int = 0,
           batch_size: int = 64, workers: int | None = None, pixel_cache: str = "auto", wait: bool = False,
-          progress: bool = True) -> list[Artifact]:
+          progress: bool = True, ray: str | None = None) -> list[Artifact]:
     """Embed the items of one or more corpora (`corpus`, a name or a list; `split`: every corpus
     of that split) or of a vocabulary with a model and return the embeddings artifacts, one per
     (corpus, modality) (plus one for augmented image views when `views` > 0). `model` may be a
     spec naming a checkpoint artifact. `class_names`: display names to prompt besides a corpus's
     own classes (the normalised names of `mine classnames`). `pixel_cache`: "auto" reads the plain
     view of images from the corpus's pixel cache of the model's preprocessing when there is one
-    (docs/pixels.md), "use" requires it, "off" always decodes. See the module doc."""
+    (docs/pixels.md), "use" requires it, "off" always decodes (the Ray path reads the shards).
+    `ray`: run the model in an actor pool on that Ray cluster (`auto`, HOST:PORT, `local`; one
+    replica per GPU, `workers` CPU replicas otherwise; docs/scale.md), with the same batches and
+    parts as here. See the module doc."""
     if isinstance(model, LoadedModel) and model.train:
         raise InputError("a train-mode model embeds with random train transforms",
                          fix="embed with load_model(spec) (build_model(spec, train=False))")
     store = store if isinstance(store, Store) else Store(store)
     check_writable(store.root, wait=wait)   # refuse in a second, not after loading the model
+    if ray is not None:   # likewise a missing Ray or a malformed address
+        from clipstore.warehouse.raydata import check_address, import_ray
+        ray = check_address(ray)
+        import_ray()
     modalities = _modalities(modality)
     view_spec = parse_views(views, augment, seed)
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    if workers is not None and workers < 0:
-        raise InputError(f"--workers must be >= 0, got {workers}")
+    if workers is not None and workers < (1 if ray else 0):
+        raise InputError(f"--workers must be >= {1 if ray else 0}, got {workers}"
+                         + (" (with --ray: model replicas)" if ray else ""))
     if view_spec and IMAGE not in modalities:
         raise InputError("--views augments images", fix="add image to --modality, or drop --views")
     if pixel_cache not in PIXEL_CACHE_MODES:
@@ -130,6 +141,8 @@ def embed(store: Store | str | Path, *, model: ModelSpec | LoadedModel, corpus: 
     corpora = _corpora(store, corpus, split)
     jobs = _jobs(store, modalities, corpora, vocab, classnames_corpus, templates, per_template, view_spec,
                  tuple(class_names or ()))
+    if ray is not None:
+        return _embed_on_ray(store, ray, model, jobs, batch_size, workers, wait, progress)
     if IMAGE in modalities and workers != 0:
         start_worker_server()   # it imports torch while we load the model
     loaded = model if isinstance(model, LoadedModel) else load_model(resolve_model_spec(store, model))
@@ -145,6 +158,26 @@ def embed(store: Store | str | Path, *, model: ModelSpec | LoadedModel, corpus: 
         with Session(store) as session:   # read every job's items first: the session holds the catalog open
             work = [(job, _items(store, session, job)) for job in jobs]
         return [_run(store, job, found, loaded, batch_size, workers, progress, pixel_cache) for job, found in work]
+
+
+def _embed_on_ray(store: Store, address: str, model: ModelSpec | LoadedModel, jobs: list[Job], batch_size: int,
+                  workers: int | None, wait: bool, progress: bool) -> list[Artifact]:
+    """As embed(), the model forwards in a Ray actor pool: the driver loads the model on its CPU
+    only for its identity (the fingerprints that key the caches, at the precision the actors
+    run), reads the items, and commits the parts the actors' features make."""
+    from clipstore.features.ray_encode import RayEncoder
+    from clipstore.warehouse.raydata import check_address, session
+    with session(check_address(address)):
+        loaded = model if isinstance(model, LoadedModel) else None
+        spec = loaded.spec if loaded else resolve_model_spec(store, model)
+        remote = RayEncoder.plan(spec, workers, precision=loaded.precision if loaded else None)
+        loaded = loaded or load_model(remote.driver_spec())
+        remote.fingerprint = loaded.fingerprint
+        with store.writing(wait=wait):
+            with Session(store) as session_:
+                work = [(job, _items(store, session_, job)) for job in jobs]
+            return [_run(store, job, found, loaded, batch_size, workers, progress, remote=remote)
+                    for job, found in work]
 
 
 def _corpora(store: Store, corpus, split: str | None) -> list[str]:
@@ -234,11 +267,12 @@ def _items(store: Store, session: Session, job: Job) -> list:
 
 
 def _run(store: Store, job: Job, found: list, model: LoadedModel, batch_size: int, workers: int | None,
-         progress: bool, pixel_cache: str = "auto") -> Artifact:
+         progress: bool, pixel_cache: str = "auto", remote=None) -> Artifact:
     params = job.params(model)
     source_version = store.version_digests([job.source.artifact_id])[job.source.artifact_id]  # reported only
     config = {**params, "model": model.name, "model_fingerprint": model.fingerprint, "identity": model.identity,
-              "device": str(model.device), "batch_size": batch_size, "workers": workers,
+              "device": remote.device if remote else str(model.device), "batch_size": batch_size, "workers": workers,
+              "ray": remote.address if remote else None,
               "source_artifact": job.source.artifact_id, "source_version": source_version}
     # the source is lineage, not recipe: the cache grows with its corpus, so it never pins its version,
     # and there is no reuse check (a grown corpus adds parts to this same artifact)
@@ -254,18 +288,19 @@ def _run(store: Store, job: Job, found: list, model: LoadedModel, batch_size: in
         copied, from_pixels = 0, None
         if job.modality == IMAGE:
             new, copied, from_pixels = _embed_images(store, writer, job, model, found, have, batch_size, workers,
-                                                     progress, pixel_cache)
+                                                     progress, pixel_cache, remote)
         elif job.modality == CLASSNAME:
-            new = _embed_classes(writer, job, model, [c for c in found if (c.item_id, 0) not in have], batch_size)
+            new = _embed_classes(writer, job, model, [c for c in found if (c.item_id, 0) not in have], batch_size,
+                                 remote)
         else:
             new = _embed_texts(writer, model, [t for t in found if (t["item_id"], 0) not in have],
-                               batch_size, progress, job.source_name)
+                               batch_size, progress, job.source_name, remote)
         seconds = time.monotonic() - started
         rows = len(have) + new
         counts = {"vectors": rows, "dim": model.embed_dim}
         stats = {"fingerprint": params["fingerprint"], "tower": job.tower, "model": model.name,
                  "model_fingerprint": model.fingerprint, "tower_fingerprints": dict(model.tower_fingerprints),
-                 "precision": model.precision, "device": str(model.device),
+                 "precision": model.precision, "device": remote.device if remote else str(model.device),
                  "source": {job.source.artifact_id: source_version}}
         summary = {"embedded": new, "copied": copied, "vectors": rows, "seconds": round(seconds, 3),
                    "pixel_cache": from_pixels,
@@ -303,6 +338,30 @@ class PartWriter:
         self.part += 1
         return n
 
+    @contextmanager
+    def together(self):
+        """The parts written in the block are committed at its end in one catalog transaction
+        (all or none), not one by one."""
+        real, held = self.builder, _HeldCommits(self.builder)
+        self.builder = held
+        try:
+            yield
+        finally:
+            self.builder = real
+        if held.parts:
+            real.commit_parts(held.parts)
+
+
+class _HeldCommits:
+    """Stands in for the builder while a PartWriter holds its commits back: parts are written
+    as usual (temp files), their commit is kept for one `commit_parts`."""
+
+    def __init__(self, builder: ArtifactBuilder):
+        self.artifact_id, self.temp_dir, self.parts = builder.artifact_id, builder.temp_dir, []
+
+    def commit_part(self, part: int, files: dict, digests: dict | None = None) -> None:
+        self.parts.append((part, files, digests))
+
 
 def _committed_keys(paths: list[Path]) -> set[tuple[str, int]]:
     keys: set[tuple[str, int]] = set()
@@ -339,21 +398,76 @@ class ShardImages(IterableDataset):
             yield from self._batches(task)
 
     def _batches(self, task: ShardTask) -> Iterator[dict]:
-        pixels: list[torch.Tensor] = []
-        decoded: tuple[str, Image.Image] | None = None
-        with open(task.shard, "rb") as tar:
-            for n, (ref, view) in enumerate(task.compute, start=1):
+        yield from shard_batches(task, self.preprocess, self.views, self.batch_size)
+
+
+def shard_batches(task: ShardTask, preprocess, views: ViewSpec | None, batch_size: int,
+                  pool: ThreadPoolExecutor | None = None) -> Iterator[dict]:
+    """A shard's pending items as batches {task, pixels, last} (or one {task, error}), in byte
+    order and cut every `batch_size` items: the batches the model sees, here or in a Ray actor.
+    `pool`: decode and preprocess on its threads (a GPU actor's CPUs), giving the same pixels."""
+    items = _pixels(task, preprocess, views) if pool is None else _pixels_on(pool, task, preprocess, views, batch_size)
+    pixels: list[torch.Tensor] = []
+    for n, item in enumerate(items, start=1):
+        if isinstance(item, str):   # reported by the caller, with the shard and image
+            yield {"task": task.index, "error": item}
+            return
+        pixels.append(item)
+        if len(pixels) == batch_size or n == len(task.compute):
+            yield {"task": task.index, "pixels": torch.stack(pixels), "last": n == len(task.compute)}
+            pixels = []
+
+
+def _pixels(task: ShardTask, preprocess, views: ViewSpec | None) -> Iterator[torch.Tensor | str]:
+    """Each pending item's preprocessed tensor, or the error text of the first that fails."""
+    decoded: tuple[str, Image.Image] | None = None
+    with open(task.shard, "rb") as tar:
+        for ref, view in task.compute:
+            try:
+                if decoded is None or decoded[0] != ref.image_id:   # an image's views are adjacent: decode once
+                    decoded = (ref.image_id, decode(tar, ref))
+                yield preprocess(views.apply(decoded[1], ref.image_id, view) if views else decoded[1])
+            except Exception as exc:
+                yield f"image {ref.image_id} at byte {ref.offset}: {exc}"
+                return
+
+
+def _pixels_on(pool: ThreadPoolExecutor, task: ShardTask, preprocess, views: ViewSpec | None,
+               batch_size: int) -> Iterator[torch.Tensor | str]:
+    """As _pixels, decoded on the pool's threads one batch ahead of the model; the shard is read
+    sequentially here (PIL's decoders and torch release the GIL)."""
+    def one(data: bytes, ref: StoredImage, view: int):
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+            image = image.convert("RGB")
+            return preprocess(views.apply(image, ref.image_id, view) if views else image)
+        except Exception as exc:
+            return f"image {ref.image_id} at byte {ref.offset}: {exc}"
+
+    with open(task.shard, "rb") as tar:
+        def submit(chunk):
+            futures = []
+            for ref, view in chunk:
                 try:
-                    if decoded is None or decoded[0] != ref.image_id:   # an image's views are adjacent: decode once
-                        decoded = (ref.image_id, decode(tar, ref))
-                    image = self.views.apply(decoded[1], ref.image_id, view) if self.views else decoded[1]
-                    pixels.append(self.preprocess(image))
-                except Exception as exc:   # reported by the main process, with the shard and image
-                    yield {"task": task.index, "error": f"image {ref.image_id} at byte {ref.offset}: {exc}"}
+                    futures.append(pool.submit(one, read_bytes(tar, ref), ref, view))
+                except OSError as exc:
+                    futures.append(f"image {ref.image_id} at byte {ref.offset}: {exc}")
+                    break
+            return futures
+
+        chunks = [task.compute[i:i + batch_size] for i in range(0, len(task.compute), batch_size)]
+        ahead = submit(chunks[0]) if chunks else []
+        for k in range(len(chunks)):
+            current, ahead = ahead, (submit(chunks[k + 1]) if k + 1 < len(chunks) else [])
+            for future in current:
+                item = future if isinstance(future, str) else future.result()
+                yield item
+                if isinstance(item, str):
+                    for f in ahead:
+                        if not isinstance(f, str):
+                            f.cancel()
                     return
-                if len(pixels) == self.batch_size or n == len(task.compute):
-                    yield {"task": task.index, "pixels": torch.stack(pixels), "last": n == len(task.compute)}
-                    pixels = []
 
 
 def _worker_context():
@@ -427,7 +541,7 @@ def reusable_vectors(store: Store, own_id: str, params: dict, wanted: set[tuple[
 
 def _embed_images(store: Store, writer: PartWriter, job: Job, model: LoadedModel, refs: list[StoredImage],
                   have: set, batch_size: int, workers: int | None, progress: bool,
-                  pixel_cache: str = "auto") -> tuple[int, int, dict | None]:
+                  pixel_cache: str = "auto", remote=None) -> tuple[int, int, dict | None]:
     """Embed (or copy) the pending images; returns (rows written, rows copied, what the pixel cache
     gave: its artifact and how many images, or None when none was used)."""
     view_ids = list(range(1, job.views.views + 1)) if job.views else [0]
@@ -439,6 +553,10 @@ def _embed_images(store: Store, writer: PartWriter, job: Job, model: LoadedModel
     for t in tasks:
         t.compute = [(ref, v) for ref, v in t.items if (ref.image_id, v) not in copies]
     computing = [t for t in tasks if t.compute]
+    if remote is not None:   # the actors read the shards themselves
+        n_remote = sum(len(t.compute) for t in computing)
+        return (*_embed_images_remote(remote, writer, job, tasks, computing, copies, n_remote, batch_size, progress),
+                None)
     cache, used = _usable_pixel_cache(store, job, model, computing, pixel_cache)
     cached = [t for t in computing if cache is not None and not cache.missing([r.image_id for r, _ in t.compute])]
     decoding = [t for t in computing if t not in cached]
@@ -466,11 +584,8 @@ def _embed_images(store: Store, writer: PartWriter, job: Job, model: LoadedModel
     for batch in chain(_cached_batches(cached, cache, model, batch_size), loader):
         task = tasks[batch["task"]]
         if "error" in batch:
-            raise ClipstoreError(f"cannot read an image of corpus {job.source_name}: {batch['error']}",
-                                 where=str(task.shard), fix="re-ingest the corpus (the shard may be damaged)")
-        features = model.encode_images(batch["pixels"])
-        check_finite(features.numpy(), f"images of shard {task.shard.name}")
-        done[task.index].append(features)
+            raise shard_error(job.source_name, task, batch["error"])
+        done[task.index].append(encode_batch(model, batch["pixels"], task))
         if bar is not None:
             bar.update(len(batch["pixels"]))
         if batch["last"]:
@@ -545,6 +660,57 @@ def _cached_batches(tasks: list[ShardTask], cache: PixelCache | None, model: Loa
                    "last": start + batch_size >= len(rows)}
 
 
+def _embed_images_remote(remote, writer: PartWriter, job: Job, tasks: list[ShardTask], computing: list[ShardTask],
+                         copies: dict, n_images: int, batch_size: int, progress: bool) -> tuple[int, int]:
+    """The shards' features from the actor pool (a whole shard per call), committed in shard
+    order as the local path commits them."""
+    bar = _progress(progress, f"embed {job.source_name} images", n_images, "img")
+    done: dict[int, np.ndarray] = {}
+    total, next_task = 0, 0
+    for ready in remote.images(computing, job.views, batch_size, job.source_name):
+        for index, features in ready:
+            done[index] = features
+            if bar is not None:
+                bar.update(len(tasks[index].compute))
+        with writer.together():   # what became committable: one catalog transaction
+            while next_task < len(tasks) and (next_task in done or not tasks[next_task].compute):
+                computed = done.pop(next_task, None)
+                total += _commit_shard(writer, job, tasks[next_task],
+                                       [torch.from_numpy(computed)] if computed is not None else [], copies)
+                next_task += 1
+    with writer.together():
+        while next_task < len(tasks):   # trailing shards whose vectors are all copies
+            total += _commit_shard(writer, job, tasks[next_task], [], copies)
+            next_task += 1
+    if bar is not None:
+        bar.close()
+    return total, sum(len(t.items) - len(t.compute) for t in tasks)
+
+
+def encode_batch(model: LoadedModel, pixels: torch.Tensor, task: ShardTask) -> torch.Tensor:
+    """Raw image features of one batch, refused when not finite (before its part is written)."""
+    features = model.encode_images(pixels)
+    check_finite(features.numpy(), f"images of shard {task.shard.name}")
+    return features
+
+
+def encode_shard(model: LoadedModel, task: ShardTask, views: ViewSpec | None, batch_size: int,
+                 source: str, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
+    """A whole shard's raw features in one process (a Ray actor): the same batches, through the
+    same model calls, as the local path's loader."""
+    chunks = []
+    for batch in shard_batches(task, model.preprocess, views, batch_size, pool):
+        if "error" in batch:
+            raise shard_error(source, task, batch["error"])
+        chunks.append(encode_batch(model, batch["pixels"], task))
+    return torch.cat(chunks).numpy()
+
+
+def shard_error(source: str, task: ShardTask, error: str) -> ClipstoreError:
+    return ClipstoreError(f"cannot read an image of corpus {source}: {error}", where=str(task.shard),
+                          fix="re-ingest the corpus (the shard may be damaged)")
+
+
 def _commit_shard(writer: PartWriter, job: Job, task: ShardTask, computed: list[torch.Tensor],
                   copies: dict[tuple, Copy]) -> int:
     rows = [{"item_id": ref.image_id, "modality": IMAGE, "view": view, "corpus": job.source_name,
@@ -579,11 +745,19 @@ def _encode_texts(model: LoadedModel, texts: list[str], batch_size: int, bar=Non
 
 
 def _embed_texts(writer: PartWriter, model: LoadedModel, pending: list[dict], batch_size: int,
-                 progress: bool, source: str) -> int:
+                 progress: bool, source: str, remote=None) -> int:
     bar = _progress(progress, f"embed {source} texts", len(pending), "text")
     total = 0
-    for start in range(0, len(pending), TEXT_PART_SIZE):
-        chunk = pending[start:start + TEXT_PART_SIZE]
+    chunks = [pending[start:start + TEXT_PART_SIZE] for start in range(0, len(pending), TEXT_PART_SIZE)]
+    if remote is not None:   # each part's texts encoded by an actor, committed in part order
+        for ready in remote.texts([[r["text"] for r in chunk] for chunk in chunks], batch_size):
+            with writer.together():
+                for i, vectors in ready:
+                    total += writer.raw(chunks[i], vectors)
+                    if bar is not None:
+                        bar.update(len(chunks[i]))
+        chunks = []
+    for chunk in chunks:
         total += writer.raw(chunk, _encode_texts(model, [r["text"] for r in chunk], batch_size, bar))
     if bar is not None:
         bar.close()
@@ -591,13 +765,16 @@ def _embed_texts(writer: PartWriter, model: LoadedModel, pending: list[dict], ba
 
 
 def _embed_classes(writer: PartWriter, job: Job, model: LoadedModel, classes: list[sources.ClassPrompts],
-                   batch_size: int) -> int:
+                   batch_size: int, remote=None) -> int:
     """One row per class: the renormalised mean of its normalised prompt vectors (docs/models.md);
     with per_template, also one row per prompt (modality "prompt"). Returns the rows written."""
     if not classes:
         return 0
     prompts = [p for c in classes for p in c.prompts]
-    raw = _encode_texts(model, prompts, batch_size)
+    if remote is not None:
+        raw = [vectors for ready in remote.texts([prompts], batch_size) for _, vectors in ready][0]
+    else:
+        raw = _encode_texts(model, prompts, batch_size)
     unit = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
     rows = [{"item_id": c.item_id, "modality": CLASSNAME, "view": 0, "corpus": job.source_name, "sample_id": None,
              "text": c.classname} for c in classes]

@@ -1,6 +1,10 @@
 """Turn source entries into parts. Workers do the heavy, independent work per entry (read, hash,
 decode, transcode: `process_batch`); the parent writes each part (a shard tar plus the matching
-table rows: `PartWriter`) in source order, so parallelism does not depend on the shard size."""
+table rows: `PartWriter`) in source order, so parallelism does not depend on the shard size.
+
+`write_part` is the one function that makes a part's files from its (entry, outcome) pairs: the
+local path feeds it outcomes from its process pool, and a Ray task (`build_part`, ingest/ray_parts.py)
+computes them itself, so a part's bytes are the same wherever it was built."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable
 
 from clipstore.ingest import tables
 from clipstore.ingest.images import (DEFAULT_MAX_BYTES, ImageRejected, ProcessedImage, ReadRejected,
@@ -102,9 +107,42 @@ def process_image_ref(ref: ImageRef, options: ImageOptions) -> Outcome:
         return Outcome(reject=(f"{exc} ({ref.describe()})", exc.stage))
 
 
+def outcome_of(entry: Entry, options: ImageOptions, keep_missing: bool) -> Outcome:
+    """What becomes of one entry: no image needed, or its image read, checked and transcoded."""
+    return outcome_without_image(entry.item, keep_missing) or process_image_ref(entry.item.image, options)
+
+
 def process_batch(refs: list[ImageRef], options: ImageOptions) -> list[Outcome]:
     """Worker entry point: a batch amortises the inter-process round trip."""
     return [process_image_ref(ref, options) for ref in refs]
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """Where and as what a part is written: its number, the corpus, the folder for its files and
+    the class table (`classes`: the rows the part records, on the first part of a run that
+    changed them)."""
+
+    part: int
+    corpus: str
+    out_dir: Path
+    class_index: dict[str, int]
+    classes: list[dict] | None = None
+
+
+def write_part(spec: PartSpec, pairs: Iterable[tuple[Entry, Outcome]], on_entry=None) -> PartResult:
+    """The part's shard and table files from its entries and their outcomes, in entry order."""
+    writer = PartWriter(spec.part, spec.corpus, spec.out_dir, spec.class_index, spec.classes)
+    for entry, outcome in pairs:
+        writer.add(entry, outcome)
+        if on_entry is not None:
+            on_entry()
+    return writer.close()
+
+
+def build_part(spec: PartSpec, entries: list[Entry], options: ImageOptions, keep_missing: bool) -> PartResult:
+    """A whole part in one process: each entry's outcome computed here, then `write_part`."""
+    return write_part(spec, ((e, outcome_of(e, options, keep_missing)) for e in entries))
 
 
 class PartWriter:

@@ -13,7 +13,8 @@ import json
 import os
 import time
 from collections import Counter, deque
-from itertools import islice
+from contextlib import nullcontext
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -23,8 +24,8 @@ from clipstore.ingest.compact import compact
 from clipstore.ingest.guards import check_options, check_replacement
 from clipstore.ingest.naming import corpus_name
 from clipstore.ingest.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL
-from clipstore.ingest.parts import (Entry, ImageOptions, Outcome, PartWriter, outcome_without_image,
-                                    process_batch)
+from clipstore.ingest.parts import (Entry, ImageOptions, Outcome, PartResult, PartSpec, outcome_without_image,
+                                    process_batch, write_part)
 from clipstore.ingest.records import Reject, SourceRecord
 from clipstore.warehouse.errors import InputError
 from clipstore.warehouse.hashing import digest
@@ -41,10 +42,12 @@ def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str |
            preset: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, workers: int | None = None,
            keep_original: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, png_level: int = DEFAULT_PNG_LEVEL,
            max_bytes: int = DEFAULT_MAX_BYTES, wait: bool = False, progress: bool = True,
-           replace: bool = False) -> Artifact:
+           replace: bool = False, ray: str | None = None) -> Artifact:
     """Ingest a raw corpus into the store and return its corpus artifact (see docs/ingest-versions.md).
     A version that would lose more than guards.MAX_SILENT_LOSS of the current one's samples or
-    images, or in which no image was found, is refused unless `replace`."""
+    images, or in which no image was found, is refused unless `replace`. `ray`: build the parts in
+    Ray tasks on that cluster (`auto`, HOST:PORT, `local`; docs/scale.md), `workers` of them at a
+    time (default: as many as the cluster has CPUs); the result is the same as without."""
     check_options(shard_size=shard_size, workers=workers, max_pixels=max_pixels, png_level=png_level)
     if not isinstance(max_bytes, int) or max_bytes < 1:
         raise InputError(f"max_bytes must be a positive number of bytes, got {max_bytes!r}", fix="e.g. 512 << 20")
@@ -64,16 +67,32 @@ def ingest(store: Store | str | Path, fmt: str, path: str | Path, *, name: str |
               "keep_missing": keep_missing, "preset": options.preset, "shard_size": shard_size,
               "keep_original": keep_original, "max_pixels": max_pixels, "png_level": png_level,
               "max_bytes": max_bytes}
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    with store.writing(wait=wait):
+    if ray is None:
+        workers = (os.cpu_count() or 1) if workers is None else workers
+    else:
+        from clipstore.warehouse.raydata import check_address
+        ray = check_address(ray)
+    with store.writing(wait=wait), _ray_session(ray):
+        if ray is not None:
+            from clipstore.warehouse.raydata import prestart
+            prestart(["clipstore.ingest.ray_parts"], workers)
         # incremental: the recipe names the source, not its contents; the ledger finds what changed
         builder = store.produce(kind="corpus", name=name, stage="ingest", version=STAGE_VERSION, params=params,
                                 tables=tables.CORPUS_TABLES,
-                                config={**params, "workers": workers, "replace": replace}, reuse=False)
+                                config={**params, "workers": workers, "replace": replace, "ray": ray},
+                                reuse=False)
         with builder.failing_on_error():
             count = _pending_counter(adapter, path, options) if progress else None
             return _run(store, builder, source, name, image_options, keep_missing, shard_size, workers,
-                        count, replace)
+                        count, replace, ray)
+
+
+def _ray_session(address: str | None):
+    """Connected to the Ray cluster for the run (Ray is imported only when asked for)."""
+    if address is None:
+        return nullcontext()
+    from clipstore.warehouse.raydata import session
+    return session(address)
 
 
 def _pending_counter(adapter, path: Path, options: IngestOptions):
@@ -90,42 +109,46 @@ def _preset(preset: str | None, name: str, how: str) -> str | None:
 
 
 def _run(store: Store, builder: ArtifactBuilder, source, name: str, image_options: ImageOptions,
-         keep_missing: bool, shard_size: int, workers: int, count_pending, replace: bool) -> Artifact:
+         keep_missing: bool, shard_size: int, workers: int | None, count_pending, replace: bool,
+         ray: str | None = None) -> Artifact:
     started = time.monotonic()
     classes = [{"corpus": name, "class": raw, "class_index": i, "name": display}
                for i, (raw, display) in enumerate(source.classes or [])]
     class_index = {c["class"]: c["class_index"] for c in classes}
     visible_classes = _committed_classes(builder)
     classes_changed = any(visible_classes.get(c["class"]) != (c["class_index"], c["name"]) for c in classes)
-    out_dir = builder.temp_dir("parts")
-    first_part = next_part = builder.next_part()
+    out_dir = builder.temp_dir("parts").resolve()   # absolute: Ray workers write there too
+    first_part = builder.next_part()
     totals: Counter = Counter()
     ledger = _committed_states(builder)
     bar = None if count_pending is None else _progress(name, count_pending(ledger))
 
-    def commit(writer: PartWriter) -> None:
-        result = writer.close()
-        builder.commit_part(result.part, result.files)
-        totals.update(result.counts)
+    def spec(part: int) -> PartSpec:   # the class table goes into the run's first part when it changed
+        return PartSpec(part, name, out_dir, class_index, classes if classes_changed and part == first_part else None)
+
+    def commit(results: list[tuple[PartResult, dict[str, str] | None]]) -> None:
+        builder.commit_parts([(r.part, r.files, digests) for r, digests in results])
+        for result, digests in results:
+            totals.update(result.counts)
+            if bar is not None and digests is not None:   # built remotely: the bar moves a part at a time
+                bar.update(result.counts["samples"] + result.counts["rejected"])
         if bar is not None:
             bar.set_postfix(images=totals["images"], rejected=totals["rejected"], refresh=False)
 
-    writer = None
     entries = _pending(source.records, ledger)
-    for entry, outcome in _outcomes(entries, image_options, keep_missing, workers):
-        if writer is None:
-            writer = PartWriter(next_part, name, out_dir, class_index,
-                                classes if classes_changed and next_part == first_part else None)
-        writer.add(entry, outcome)
-        if bar is not None:
-            bar.update()
-        if writer.entries == shard_size:
-            commit(writer)
-            writer, next_part = None, next_part + 1
-    if writer is None and classes_changed and totals.total() == 0:  # only the class list changed
-        writer = PartWriter(next_part, name, out_dir, class_index, classes)
-    if writer is not None:
-        commit(writer)
+    wrote = False
+    if ray is None:
+        for result in _local_parts(entries, spec, first_part, image_options, keep_missing, shard_size, workers,
+                                   bar.update if bar is not None else None):
+            commit([(result, None)])
+            wrote = True
+    else:
+        from clipstore.ingest.ray_parts import ray_parts
+        for ready in ray_parts(entries, spec, first_part, image_options, keep_missing, shard_size, workers):
+            commit(ready)
+            wrote = True
+    if not wrote and classes_changed:   # only the class list changed
+        commit([(write_part(spec(first_part), ()), None)])
     if bar is not None:
         bar.close()
 
@@ -181,6 +204,16 @@ def _pending(records: Iterable[SourceRecord | Reject], ledger: dict[str, str]) -
         state = _state(item)
         if ledger.get(key) != state:
             yield Entry(item, state, index)
+
+
+def _local_parts(entries: Iterator[Entry], spec, first_part: int, options: ImageOptions, keep_missing: bool,
+                 shard_size: int, workers: int, on_entry) -> Iterator[PartResult]:
+    """Parts of `shard_size` entries, in order, their images processed on `workers` processes."""
+    pairs = _outcomes(entries, options, keep_missing, workers)
+    part = first_part
+    while (head := next(pairs, None)) is not None:
+        yield write_part(spec(part), chain([head], islice(pairs, shard_size - 1)), on_entry)
+        part += 1
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:

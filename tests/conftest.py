@@ -132,3 +132,42 @@ def karpathy_from_real_images(shared: Path, root: Path, n: int, splits=("train",
                         "captions": [f"an aerial image of {cls} number {i} .", f"{cls} seen from above ."]})
     write_karpathy(root, entries)
     return [e["filename"] for e in entries]
+
+
+# ---- a local Ray cluster for the tests of the Ray backend (--ray) --------------------------------
+@dataclass
+class RayCluster:
+    """A 2-CPU Ray cluster on 127.0.0.1 that this test process started (and so drives)."""
+    address: str          # the GCS address, for a second driver (a subprocess) to connect to
+    root: Path            # Ray's temp dir and auth token live here, inside the test's tmp folder
+    env: dict             # what a subprocess driver needs in its environment to join
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One cluster for every Ray test of the session (start-up costs seconds): every process
+    bound to 127.0.0.1, usage statistics off, token auth on with the token in the test's tmp
+    folder (not ~/.ray), stopped at the end however the tests went."""
+    import logging
+    import secrets
+    root = tmp_path_factory.mktemp("ray")
+    token = root / "auth_token"
+    token.write_text(secrets.token_hex(16))
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",   # Ray's loopback switch
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        import ray
+        from ray._private import ray_constants
+        mp.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)   # read at import: in case ray was imported before
+        if ray.is_initialized():
+            ray.shutdown()
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(root / "tmp"),
+                     logging_level=logging.WARNING, log_to_driver=False)
+            from clipstore.warehouse.raydata import warm_up
+            warm_up()   # Ray Data's own actors start on first use: once, here
+            yield RayCluster(ray.get_runtime_context().gcs_address, root, env)
+        finally:
+            ray.shutdown()

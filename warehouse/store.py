@@ -449,24 +449,35 @@ class ArtifactBuilder:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def commit_part(self, part: int, files: dict[str, tuple[Path, int]]) -> None:
+    def commit_part(self, part: int, files: dict[str, tuple[Path, int]],
+                    digests: dict[str, str] | None = None) -> None:
         """Commit a part: files maps table name -> (temp file, row count). Renames first, then
         one catalog transaction; until that transaction commits, the part does not exist, and
-        until `finish()` publishes it, readers do not see it."""
+        until `finish()` publishes it, readers do not see it. `digests` (table -> sha256): what
+        the process that wrote the files computed as it closed them (a Ray worker), so that the
+        committing process does not read every byte again."""
+        self.commit_parts([(part, files, digests)])
+
+    def commit_parts(self, parts: list[tuple[int, dict[str, tuple[Path, int]], dict[str, str] | None]]) -> None:
+        """Commit several complete parts (in part order) in one catalog transaction: all of them
+        or, if it fails, none. A driver whose workers finish parts faster than it commits them
+        one by one (Ray) commits what is ready together: the transaction, not the part, is the
+        fixed cost."""
         published = []
-        for table, (tmp_file, rows) in sorted(files.items()):
-            final = self.path / table / f"{part:06d}{tmp_file.suffix}"
-            sha = file_sha256(tmp_file)
-            fs.publish(tmp_file, final)
-            published.append([self.artifact_id, part, table, str(final.relative_to(self.store.root)), rows,
-                              sha, self.run_id, _now(), False, False])
+        for part, files, digests in parts:
+            for table, (tmp_file, rows) in sorted(files.items()):
+                final = self.path / table / f"{part:06d}{tmp_file.suffix}"
+                sha = digests[table] if digests is not None else file_sha256(tmp_file)
+                fs.publish(tmp_file, final)
+                published.append([self.artifact_id, part, table, str(final.relative_to(self.store.root)), rows,
+                                  sha, self.run_id, _now(), False, False])
         with self.store.connect(read_only=False) as con:
             con.execute("BEGIN")
             self._ensure_row(con)
             con.executemany("INSERT INTO parts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", published)
             con.execute("UPDATE artifacts SET updated_at = ? WHERE artifact_id = ?", [_now(), self.artifact_id])
             con.execute("COMMIT")
-        self.parts_committed += 1
+        self.parts_committed += len(parts)
 
     def retire_part(self, part: int) -> None:
         """Drop every table file of a committed part from the version this run finishes (its
