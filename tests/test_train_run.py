@@ -169,6 +169,11 @@ def test_trainable_text_reads_the_image_cache_and_embeds_only_missing_images(syn
     after, _ = read_checkpoint(synth.table_paths(first.checkpoint, "checkpoint")[0])
     assert weight_digests(after)[IMAGE_TOWER] == weight_digests(before)[IMAGE_TOWER]
     assert weight_digests(after)[TEXT_TOWER] != weight_digests(before)[TEXT_TOWER]
+    from clipstore.features.checkpoint_artifacts import resolve_model_spec
+    from clipstore.features.models import ModelSpec, load_model
+    fingerprints = [load_model(resolve_model_spec(synth, ModelSpec(a))).tower_fingerprints
+                    for a in (parent, first.checkpoint.artifact_id)]
+    assert fingerprints[0][IMAGE_TOWER] == fingerprints[1][IMAGE_TOWER]    # eval and embed reuse its image caches
 
     # the corpus grows (the first 40 images are the same bytes): round 2 embeds only the new ones
     write_synthetic(tmp_path / "synth", seed=0, n_images=48, size=32)
