@@ -102,6 +102,10 @@ def test_clip_from_the_command_line(synth, cli):
     assert "synth.image.tiny-vit@" in embedded
     again = cli(*args).stdout
     assert "up to date" in again and again.strip().endswith(ckpt)
+    resumed = cli("--store", root, "-q", "train", "--resume", ckpt, "--epochs", "2").stdout   # agrees: a no-op
+    assert "up to date" in resumed and resumed.strip().endswith(ckpt)
+    clash = cli("--store", root, "-q", "train", "--resume", ckpt, "--epochs", "3", check=False)
+    assert clash.returncode == 2 and "epochs: 3 given, 2 in the checkpoint" in clash.stderr
 
 
 @pytest.mark.slow
