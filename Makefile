@@ -7,7 +7,7 @@ STORE  ?= store
 DATA   ?= ../shared/data
 CLI    := $(BIN)/clipstore --store $(STORE)
 
-.PHONY: venv demo test test-fast lint ingest mine embed eval train bench gauntlet clean
+.PHONY: venv demo test test-fast lint ingest mine embed pixels pseudolabel eval train bench gauntlet clean
 
 venv: $(STAMP)
 	@echo "venv: $(VENV) is up to date with pyproject.toml (run commands as $(BIN)/clipstore, or after: source $(BIN)/activate)"
@@ -44,6 +44,11 @@ mine: ingest
 embed: ingest
 	$(CLI) project embed --data $(DATA)
 
+pixels: ingest
+	$(CLI) project pixels --data $(DATA)
+pseudolabel: mine
+	$(CLI) project pseudolabel --data $(DATA)
+
 MODEL ?= tiny-vit
 eval: embed
 	$(CLI) eval suite rs --model $(MODEL)
@@ -60,8 +65,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/mining.py
 	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/pixels.py
 	$(BIN)/python bench/knn.py
 	$(BIN)/python bench/eval.py
+	$(BIN)/python bench/pseudolabel.py
 
 gauntlet: $(STAMP)
 	$(BIN)/python bench/gauntlet.py

@@ -1,4 +1,4 @@
-"""`clipstore embed | index | knn | neighbors`: the features stage's subcommands."""
+"""`clipstore embed | pixels | index | knn | neighbors`: the features stage's subcommands."""
 
 from __future__ import annotations
 
@@ -42,10 +42,30 @@ def cmd_embed(args) -> None:
                  modality=tuple(args.modality), vocab=args.vocab, classnames_corpus=args.classnames_corpus,
                  templates=args.templates, per_template=args.per_template,
                  views=args.views, augment=args.augment, seed=args.seed, batch_size=args.batch_size,
-                 workers=args.workers, wait=args.wait, progress=not args.quiet)
+                 workers=args.workers, pixel_cache=args.pixel_cache, wait=args.wait, progress=not args.quiet)
     for art in arts:
         counts = ", ".join(f"{k} {v}" for k, v in art.counts.items() if not isinstance(v, dict))
         print(f"embed {art.name}: {counts} -> {art.artifact_id}")
+    print(f"({time.monotonic() - t0:.1f}s)")
+
+
+def cmd_pixels(args) -> None:
+    from clipstore.warehouse.lock import check_writable
+    check_writable(_store(args).root, wait=args.wait)
+    from clipstore.features.pixels import cache_pixels
+    t0 = time.monotonic()
+    if args.model is None and args.checkpoint is None and args.size is None:
+        from clipstore.warehouse.errors import InputError
+        raise InputError("say which preprocessing to cache: --size N or --model SPEC",
+                         fix="--model takes size, resize mode and interpolation from the model's eval transform")
+    model = _model_spec(args) if (args.model or args.checkpoint) else None
+    arts = cache_pixels(_store(args), corpus=args.corpus, split=args.split, size=args.size, model=model,
+                        resize_mode=args.resize_mode, interpolation=args.interpolation, fill_color=args.fill_color,
+                        workers=args.workers, wait=args.wait, progress=not args.quiet)
+    from clipstore.cli import summary_line
+    for art in arts:
+        mib = art.stats.get("bytes", 0) / 2**20
+        print(summary_line(f"pixels {art.name}", art, f"images {art.counts.get('images')}, {mib:.1f} MiB"))
     print(f"({time.monotonic() - t0:.1f}s)")
 
 
@@ -167,7 +187,35 @@ def add_parsers(sub) -> None:
                    help="image decoding processes (default: half the cores, at most one per shard; "
                         "0 for a job of up to 256 images)")
     g.add_argument("--threads", type=int, help="torch threads for the model (default: torch's choice)")
+    g.add_argument("--pixel-cache", choices=["auto", "use", "off"], default="auto",
+                   help="read images from the corpus's pixel cache of the model's preprocessing (`clipstore "
+                        "pixels`): auto = when one exists, use = require it, off = always decode the shards "
+                        "(default: %(default)s)")
     s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("pixels", help="cache decoded, resized uint8 images (memory-mapped) for training and embed",
+                       description="Decode every image of a corpus once, resize / crop / pad it as a model's eval "
+                                   "transform does, and store the uint8 pixels in memory-mapped parts: trainer "
+                                   "epochs and embed runs then read bytes instead of decoding. Grows with the "
+                                   "corpus (only new images are decoded) and resumes after a kill. "
+                                   "See docs/pixels.md.")
+    g = s.add_argument_group("what to cache")
+    g.add_argument("--corpus", action="append", help="corpus whose images to cache (repeat for several)")
+    g.add_argument("--split", help="cache every corpus of this split (labeled, unlabeled, val and test)")
+    g = s.add_argument_group("preprocessing (--size, or a model's: --model)")
+    g.add_argument("--size", type=int, help="output side in pixels, square (default: none; or give --model)")
+    g.add_argument("--resize-mode", choices=["shortest", "longest", "squash"], default="shortest",
+                   help="with --size: shortest = resize the shorter side then center-crop, longest = resize the "
+                        "longer side then pad, squash = resize ignoring the aspect (default: %(default)s)")
+    g.add_argument("--interpolation", choices=["bicubic", "bilinear"], default="bicubic",
+                   help="with --size: the resampling filter (default: %(default)s)")
+    g.add_argument("--fill-color", type=int, default=0,
+                   help="with --size and --resize-mode longest: the padding's grey level (default: %(default)s)")
+    _add_model_options(s.add_argument_group("model (its eval preprocessing instead of --size)"))
+    g = s.add_argument_group("resources")
+    g.add_argument("--workers", type=int,
+                   help="decoding processes (default: one per core, at most one per part; 0 for up to 256 images)")
+    s.set_defaults(func=cmd_pixels)
 
     s = sub.add_parser("index", help="a FAISS index over cached embeddings, with measured recall",
                        description="Build (or reuse) a FAISS index of one embeddings artifact; its recall@k "

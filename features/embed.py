@@ -11,7 +11,10 @@ Images stream from the corpus's shard tars: DataLoader workers (one per shard at
 stored bytes at their recorded offsets, decode, augment and apply the model's eval preprocess; the
 main process runs the model (autocast on GPU) and commits one part per shard, in shard order. A
 run killed at any point leaves a prefix of parts, and the next run embeds exactly the rest, with
-the same batches, hence the same vectors. Texts are embedded in the main process, in parts of
+the same batches, hence the same vectors. When the corpus has a pixel cache of the model's
+preprocessing (`clipstore pixels`, docs/pixels.md), the plain view of every shard it covers is read
+from it instead, in the same batches (no decode, bit-identical inputs; checked on the first image).
+Texts are embedded in the main process, in parts of
 TEXT_PART_SIZE items (progress per batch). NaN/Inf outputs are refused before their part is written.
 See docs/vector-sets.md and docs/models.md."""
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from itertools import groupby
+from itertools import chain, groupby
 from pathlib import Path
 from typing import Iterator
 
@@ -43,6 +46,8 @@ from clipstore.features.vectors import (EMBEDDING_TABLES, check_finite, commit_u
 from clipstore.warehouse.errors import ClipstoreError, InputError, NotFoundError
 from clipstore.warehouse.hashing import canonical_json
 from clipstore.warehouse.lock import check_writable
+from clipstore.warehouse.pixels import PixelCache, PixelSpec, find_pixel_cache, open_pixel_cache
+from clipstore.warehouse.pixel_tensors import to_model_input
 from clipstore.warehouse.shards import StoredImage, corpus_images, decode
 from clipstore.warehouse.sql import Session
 from clipstore.warehouse.store import Artifact, ArtifactBuilder, Store
@@ -50,6 +55,7 @@ from clipstore.warehouse.workers import context as workers_context
 
 TEXT_PART_SIZE = 8192
 STAGE_VERSION = 1   # bump when the same model and items would give other vectors
+PIXEL_CACHE_MODES = ("auto", "use", "off")   # read a pixel cache of the model's spec: if one exists / must / never
 
 
 @dataclass(frozen=True)
@@ -97,13 +103,15 @@ def embed(store: Store | str | Path, *, model: ModelSpec | LoadedModel, corpus: 
           split: str | None = None, modality: str | tuple[str, ...] | list[str] = ("image",), vocab: str | None = None,
           classnames_corpus: str | None = None, templates: str = "default", per_template: bool = False,
           class_names: list[str] | None = None, views: int = 0, augment: str | None = None, seed: int = 0,
-          batch_size: int = 64, workers: int | None = None, wait: bool = False,
+          batch_size: int = 64, workers: int | None = None, pixel_cache: str = "auto", wait: bool = False,
           progress: bool = True) -> list[Artifact]:
     """Embed the items of one or more corpora (`corpus`, a name or a list; `split`: every corpus
     of that split) or of a vocabulary with a model and return the embeddings artifacts, one per
     (corpus, modality) (plus one for augmented image views when `views` > 0). `model` may be a
     spec naming a checkpoint artifact. `class_names`: display names to prompt besides a corpus's
-    own classes (the normalised names of `mine classnames`). See the module doc."""
+    own classes (the normalised names of `mine classnames`). `pixel_cache`: "auto" reads the plain
+    view of images from the corpus's pixel cache of the model's preprocessing when there is one
+    (docs/pixels.md), "use" requires it, "off" always decodes. See the module doc."""
     if isinstance(model, LoadedModel) and model.train:
         raise InputError("a train-mode model embeds with random train transforms",
                          fix="embed with load_model(spec) (build_model(spec, train=False))")
@@ -117,16 +125,26 @@ def embed(store: Store | str | Path, *, model: ModelSpec | LoadedModel, corpus: 
         raise InputError(f"--workers must be >= 0, got {workers}")
     if view_spec and IMAGE not in modalities:
         raise InputError("--views augments images", fix="add image to --modality, or drop --views")
+    if pixel_cache not in PIXEL_CACHE_MODES:
+        raise InputError(f"unknown pixel cache mode {pixel_cache!r}", fix=f"use one of {', '.join(PIXEL_CACHE_MODES)}")
     corpora = _corpora(store, corpus, split)
     jobs = _jobs(store, modalities, corpora, vocab, classnames_corpus, templates, per_template, view_spec,
                  tuple(class_names or ()))
     if IMAGE in modalities and workers != 0:
         start_worker_server()   # it imports torch while we load the model
     loaded = model if isinstance(model, LoadedModel) else load_model(resolve_model_spec(store, model))
+    if pixel_cache == "use":   # refused before anything is embedded
+        lacking = [j.source_name for j in jobs if j.modality == IMAGE and j.views is None
+                   and find_pixel_cache(store, j.source_name, model_pixel_spec(loaded)) is None]
+        if lacking:
+            raise NotFoundError(f"--pixel-cache use: no pixel cache of {', '.join(lacking)} for "
+                                f"{model_pixel_spec(loaded).slug} (the preprocessing of {loaded.name})",
+                                where=str(store.root), fix=f"build it: clipstore pixels --corpus {lacking[0]} "
+                                                           f"--model {loaded.arch} (or --pixel-cache auto)")
     with store.writing(wait=wait):
         with Session(store) as session:   # read every job's items first: the session holds the catalog open
             work = [(job, _items(store, session, job)) for job in jobs]
-        return [_run(store, job, found, loaded, batch_size, workers, progress) for job, found in work]
+        return [_run(store, job, found, loaded, batch_size, workers, progress, pixel_cache) for job, found in work]
 
 
 def _corpora(store: Store, corpus, split: str | None) -> list[str]:
@@ -216,7 +234,7 @@ def _items(store: Store, session: Session, job: Job) -> list:
 
 
 def _run(store: Store, job: Job, found: list, model: LoadedModel, batch_size: int, workers: int | None,
-         progress: bool) -> Artifact:
+         progress: bool, pixel_cache: str = "auto") -> Artifact:
     params = job.params(model)
     source_version = store.version_digests([job.source.artifact_id])[job.source.artifact_id]  # reported only
     config = {**params, "model": model.name, "model_fingerprint": model.fingerprint, "identity": model.identity,
@@ -233,9 +251,10 @@ def _run(store: Store, job: Job, found: list, model: LoadedModel, batch_size: in
         have = _committed_keys([path for _, _, path in committed])
         first_part = max((p for p, _, _ in committed), default=-1) + 1
         writer = PartWriter(builder, first_part, model.name, params["fingerprint"])
-        copied = 0
+        copied, from_pixels = 0, None
         if job.modality == IMAGE:
-            new, copied = _embed_images(store, writer, job, model, found, have, batch_size, workers, progress)
+            new, copied, from_pixels = _embed_images(store, writer, job, model, found, have, batch_size, workers,
+                                                     progress, pixel_cache)
         elif job.modality == CLASSNAME:
             new = _embed_classes(writer, job, model, [c for c in found if (c.item_id, 0) not in have], batch_size)
         else:
@@ -249,6 +268,7 @@ def _run(store: Store, job: Job, found: list, model: LoadedModel, batch_size: in
                  "precision": model.precision, "device": str(model.device),
                  "source": {job.source.artifact_id: source_version}}
         summary = {"embedded": new, "copied": copied, "vectors": rows, "seconds": round(seconds, 3),
+                   "pixel_cache": from_pixels,
                    "per_second": round((new - copied) / seconds, 1) if new > copied and seconds > 0 else None}
         return builder.finish(counts=counts, stats=stats, summary=summary, noop=new == 0)
 
@@ -406,23 +426,31 @@ def reusable_vectors(store: Store, own_id: str, params: dict, wanted: set[tuple[
 
 
 def _embed_images(store: Store, writer: PartWriter, job: Job, model: LoadedModel, refs: list[StoredImage],
-                  have: set, batch_size: int, workers: int | None, progress: bool) -> tuple[int, int]:
-    """Embed (or copy) the pending images; returns (rows written, rows copied)."""
+                  have: set, batch_size: int, workers: int | None, progress: bool,
+                  pixel_cache: str = "auto") -> tuple[int, int, dict | None]:
+    """Embed (or copy) the pending images; returns (rows written, rows copied, what the pixel cache
+    gave: its artifact and how many images, or None when none was used)."""
     view_ids = list(range(1, job.views.views + 1)) if job.views else [0]
     tasks = _image_tasks(refs, view_ids, have)
     if not tasks:
-        return 0, 0
+        return 0, 0, None
     copies = reusable_vectors(store, writer.builder.artifact_id, job.params(model),
                               {key for t in tasks for key in ((r.image_id, v) for r, v in t.items)})
     for t in tasks:
         t.compute = [(ref, v) for ref, v in t.items if (ref.image_id, v) not in copies]
     computing = [t for t in tasks if t.compute]
+    cache, used = _usable_pixel_cache(store, job, model, computing, pixel_cache)
+    cached = [t for t in computing if cache is not None and not cache.missing([r.image_id for r, _ in t.compute])]
+    decoding = [t for t in computing if t not in cached]
     n_images = sum(len(t.compute) for t in computing)
-    workers = default_workers(len(computing), n_images) if workers is None else min(workers, len(computing))
-    loader = DataLoader(ShardImages(computing, model.preprocess, job.views, batch_size), batch_size=None,
+    n_decode = sum(len(t.compute) for t in decoding)
+    workers = default_workers(len(decoding), n_decode) if workers is None else min(workers, len(decoding))
+    loader = DataLoader(ShardImages(decoding, model.preprocess, job.views, batch_size), batch_size=None,
                         num_workers=workers, worker_init_fn=_worker_init if workers else None,
                         multiprocessing_context=_worker_context() if workers else None,
-                        pin_memory=model.device.type == "cuda", persistent_workers=False) if computing else []
+                        pin_memory=model.device.type == "cuda", persistent_workers=False) if decoding else []
+    if cache is not None:
+        used["images"] = n_images - n_decode
     bar = _progress(progress, f"embed {job.source_name} images", n_images, "img")
     done: dict[int, list[torch.Tensor]] = {t.index: [] for t in tasks}
     finished = {t.index for t in tasks if not t.compute}
@@ -435,7 +463,7 @@ def _embed_images(store: Store, writer: PartWriter, job: Job, model: LoadedModel
             state["next"] += 1
 
     commit_ready()
-    for batch in loader:
+    for batch in chain(_cached_batches(cached, cache, model, batch_size), loader):
         task = tasks[batch["task"]]
         if "error" in batch:
             raise ClipstoreError(f"cannot read an image of corpus {job.source_name}: {batch['error']}",
@@ -450,7 +478,71 @@ def _embed_images(store: Store, writer: PartWriter, job: Job, model: LoadedModel
         commit_ready()
     if bar is not None:
         bar.close()
-    return state["total"], sum(len(t.items) - len(t.compute) for t in tasks)
+    return state["total"], sum(len(t.items) - len(t.compute) for t in tasks), used
+
+
+# ---- images from a pixel cache -----------------------------------------------------------------
+def model_pixel_spec(model: LoadedModel) -> PixelSpec:
+    """The geometric half of the model's eval transform, as a pixel cache spec."""
+    return PixelSpec.from_preprocess(model.identity["preprocess"])
+
+
+def _normalisation(model: LoadedModel) -> tuple[tuple, tuple]:
+    """The mean/std the model's eval transform normalises with (its Normalize step itself)."""
+    for t in getattr(model.preprocess, "transforms", []):
+        if type(t).__name__ == "Normalize":
+            return tuple(t.mean), tuple(t.std)
+    cfg = model.identity["preprocess"]
+    return tuple(cfg["mean"]), tuple(cfg["std"])
+
+
+def _usable_pixel_cache(store: Store, job: Job, model: LoadedModel, computing: list[ShardTask],
+                        mode: str) -> tuple[PixelCache | None, dict | None]:
+    """The corpus's pixel cache of the model's spec, when the mode allows it, one exists and its
+    first pending image equals the decoded path's tensor exactly (a cache written by another Pillow
+    or decoder build may not); else (None, why it was not used)."""
+    if mode == "off" or job.views is not None or not computing:
+        return None, None
+    spec = model_pixel_spec(model)
+    art = find_pixel_cache(store, job.source_name, spec)
+    if art is None:
+        if mode == "use":
+            raise NotFoundError(f"no pixel cache of corpus {job.source_name} for {spec.slug} (the preprocessing "
+                                f"of {model.name})", where=str(store.root),
+                                fix=f"build it: clipstore pixels --corpus {job.source_name} --model {model.arch}, "
+                                    "or embed with --pixel-cache auto")
+        return None, None
+    cache = open_pixel_cache(store, art)
+    probe = next((ref for t in computing for ref, _ in t.compute if ref.image_id in cache), None)
+    if probe is None:
+        return None, {"artifact": art.artifact_id, "images": 0, "why": "holds none of the pending images"}
+    with open(probe.shard, "rb") as tar:
+        decoded = model.preprocess(decode(tar, probe))
+    mean, std = _normalisation(model)
+    if not torch.equal(decoded, to_model_input(cache.images([probe.image_id]), mean, std)[0]):
+        if mode == "use":
+            raise ClipstoreError(f"the pixel cache {art.artifact_id} differs from decoding image {probe.image_id}",
+                                 where=str(art.path), fix="rebuild it (a new Pillow?) or embed with --pixel-cache off")
+        return None, {"artifact": art.artifact_id, "images": 0, "why": f"differs from decoding {probe.image_id}"}
+    return cache, {"artifact": art.artifact_id, "images": 0}
+
+
+def _cached_batches(tasks: list[ShardTask], cache: PixelCache | None, model: LoadedModel,
+                    batch_size: int) -> Iterator[dict]:
+    """The batches ShardImages would yield for these tasks (same items, same boundaries), made from
+    the cache's rows: no decode. On a GPU the uint8 rows travel and are normalised there."""
+    if not tasks:
+        return
+    mean, std = _normalisation(model)
+    device = model.device if model.device.type == "cuda" else None
+    for task in tasks:
+        rows = cache.rows_of([ref.image_id for ref, _ in task.compute])
+        for start in range(0, len(rows), batch_size):
+            chunk = cache.gather(rows[start:start + batch_size])
+            if device is not None:
+                chunk = torch.from_numpy(chunk).pin_memory()
+            yield {"task": task.index, "pixels": to_model_input(chunk, mean, std, device),
+                   "last": start + batch_size >= len(rows)}
 
 
 def _commit_shard(writer: PartWriter, job: Job, task: ShardTask, computed: list[torch.Tensor],

@@ -51,6 +51,11 @@ model = "tiny-vit"
 corpus = "tiny"
 modality = ["image", "caption"]
 workers = 1
+
+[[pixels]]
+model = "tiny-vit"
+corpus = ["tiny", "tiny_cls"]
+workers = 0
 """
 
 
@@ -106,6 +111,17 @@ def test_project_mine_and_embed(project_dir):
     assert "0 built, 2 up to date" in run_main("project", "embed", "--config", config, "--store", store, "-q").stdout
 
 
+@pytest.mark.slow   # ingest, then a model built for its preprocessing
+def test_project_pixels(project_dir):
+    config, store = project_dir / "clipstore.toml", project_dir / "store"
+    run_main("project", "ingest", "--config", config, "--store", store, "-q")
+    cached = run_main("project", "pixels", "--config", config, "--store", store, "-q").stdout
+    assert "pixels tiny.pixels.64x64-shortest-bicubic: built (images 20, height 64, width 64)" in cached
+    assert "pixels tiny_cls.pixels.64x64-shortest-bicubic: built (images 6," in cached
+    assert "0 built, 2 up to date" in run_main("project", "pixels", "--config", config, "--store", store,
+                                               "-q").stdout
+
+
 BAD = [
     # (replace this, with this, the error must say all of these)
     ('root = "raw"', 'rot = "raw"', ["unknown key 'rot' in [data]", "did you mean 'root'",
@@ -118,7 +134,8 @@ BAD = [
                                                     "keywords, classnames, concepts"]),
     ('modality = ["image", "caption"]', 'modalities = ["image"]', ["unknown key 'modalities' in [[embed]] #1",
                                                                     "did you mean 'modality'"]),
-    ('[[split]]', '[[splits]]', ["unknown key 'splits' in the project file", "data, corpus, split, mine, embed"]),
+    ('[[split]]', '[[splits]]', ["unknown key 'splits' in the project file",
+                                 "data, corpus, split, mine, embed, pixels, train, pseudolabel"]),
     ('shard_size = 8', 'shard_size = "8"', ["shard_size in [[corpus]] #1 (name 'tiny') is '8': it must be an integer"]),
     ('shard_size = 8', 'shard_size = true', ["shard_size", "is True: it must be an integer"]),
     ('corpora = ["tiny"]\nlabeled', 'corpora = "tiny"\nlabeled', ["corpora in [[split]] #1", "a list of strings"]),
@@ -179,9 +196,21 @@ def test_the_schema_follows_the_stage_apis():
     assert set(proj.MINE["classnames"]) == _api_keys(mine_classnames) | export
     assert set(proj.MINE["concepts"]) == _api_keys(mine_concepts)
     assert set(proj.EMBED) - set(proj.MODEL_KEYS) == _api_keys(embed) - {"model"}
+    from clipstore.features.pixels import cache_pixels
+    assert set(proj.PIXELS) - set(proj.MODEL_KEYS) == _api_keys(cache_pixels) - {"model"}
     assert set(proj.MODEL_KEYS) <= {f.name for f in dataclasses.fields(ModelSpec)}
     from clipstore.train.config import TrainConfig
     assert set(proj.TRAIN) == {f.name for f in dataclasses.fields(TrainConfig)}
+    import importlib
+    assert set(proj.PSEUDOLABEL) == set(proj.PSEUDOLABEL_VERBS)
+    for kind, path in proj.PSEUDOLABEL_VERBS.items():
+        module, verb = path.split(":")
+        api = _api_keys(getattr(importlib.import_module(module), verb))
+        keys = set(proj.PSEUDOLABEL[kind])
+        if "model" in api:    # the model spec is inline, as in [[embed]]
+            assert keys - set(proj.MODEL_KEYS) == api - {"model"}, kind
+        else:
+            assert keys == api, kind
 
 
 def test_a_train_entry_is_checked_like_the_others(tmp_path):
