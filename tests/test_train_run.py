@@ -6,6 +6,7 @@ embedding only the images it lacks."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -102,6 +103,10 @@ def test_clip_from_the_command_line(synth, cli):
     assert "synth.image.tiny-vit@" in embedded
     again = cli(*args).stdout
     assert "up to date" in again and again.strip().endswith(ckpt)
+    resumed = cli("--store", root, "-q", "train", "--resume", ckpt, "--epochs", "2").stdout   # agrees: a no-op
+    assert "up to date" in resumed and resumed.strip().endswith(ckpt)
+    clash = cli("--store", root, "-q", "train", "--resume", ckpt, "--epochs", "3", check=False)
+    assert clash.returncode == 2 and "epochs: 3 given, 2 in the checkpoint" in clash.stderr
 
 
 @pytest.mark.slow
@@ -158,6 +163,32 @@ def test_sclip_with_caption_targets_from_a_global_ot_table(synth, stand_in):
 
 
 @pytest.mark.slow
+def test_pixels_from_a_pixel_cache(synth, stand_in):
+    from clipstore.features.pixels import cache_pixels
+    from clipstore.features.models import ModelSpec
+    from clipstore.train.data import read_items
+    from clipstore.warehouse.errors import InputError
+    from clipstore.warehouse.pixels import PixelSpec
+    from clipstore.warehouse.shards import decode
+    options = {"method": "sclip", "split": "half", "init_from": stand_in.checkpoint.artifact_id, "pixel_cache": "use",
+               **TINY, "batch_size": 4}
+    with pytest.raises(InputError, match="clipstore pixels --corpus synth"):
+        train(synth, resolve(overrides=options), progress=False)
+    [pixels] = cache_pixels(synth, corpus="synth", model=ModelSpec("tiny-vit"), workers=0, progress=False)
+    out = train(synth, resolve(overrides=options), progress=False)
+    assert pixels.artifact_id in dict(synth.lineage(out.checkpoint.artifact_id))
+    assert len([r for r in log_of(synth, out.run.name) if r["metric"] == "loss"]) == 4
+    # what the source hands the train transform: the cached row, i.e. the decoded image at the model's geometry
+    from clipstore.train.data import pixel_cache_source
+    items = read_items(synth, split="half", role="labeled")
+    spec = PixelSpec.square(64)
+    factory, _ = pixel_cache_source(synth, ["synth"], spec, items.image_ids)
+    ref = items.refs[3]
+    with open(ref.shard, "rb") as f:
+        assert (np.asarray(factory(items.refs).load(3)) == spec.prepare(decode(f, ref))).all()
+
+
+@pytest.mark.slow
 def test_trainable_text_reads_the_image_cache_and_embeds_only_missing_images(synth, stand_in, tmp_path):
     parent = stand_in.checkpoint.artifact_id
     distinct = query(synth, "SELECT count(DISTINCT image_id) AS n FROM images WHERE corpus = 'synth'").to_pylist()[0]
@@ -169,6 +200,11 @@ def test_trainable_text_reads_the_image_cache_and_embeds_only_missing_images(syn
     after, _ = read_checkpoint(synth.table_paths(first.checkpoint, "checkpoint")[0])
     assert weight_digests(after)[IMAGE_TOWER] == weight_digests(before)[IMAGE_TOWER]
     assert weight_digests(after)[TEXT_TOWER] != weight_digests(before)[TEXT_TOWER]
+    from clipstore.features.checkpoint_artifacts import resolve_model_spec
+    from clipstore.features.models import ModelSpec, load_model
+    fingerprints = [load_model(resolve_model_spec(synth, ModelSpec(a))).tower_fingerprints
+                    for a in (parent, first.checkpoint.artifact_id)]
+    assert fingerprints[0][IMAGE_TOWER] == fingerprints[1][IMAGE_TOWER]    # eval and embed reuse its image caches
 
     # the corpus grows (the first 40 images are the same bytes): round 2 embeds only the new ones
     write_synthetic(tmp_path / "synth", seed=0, n_images=48, size=32)
