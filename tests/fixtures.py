@@ -363,3 +363,31 @@ def class_vectors(store, corpus: str, *, shuffle_seed: int | None = None) -> dic
     if shuffle_seed is not None:
         onehot = [onehot[j] for j in np.random.default_rng(shuffle_seed).permutation(len(onehot))]
     return {i["image_id"]: v for i, v in zip(images, onehot)}
+
+
+# ---- the trainer's tests ------------------------------------------------------------------------
+def one_torch_thread():
+    """A generator for an autouse fixture: tiny-vit is too small for a second intra-op thread to
+    pay; on a busy machine the threads' synchronisation costs more than the matmuls (measured: 10x
+    the CPU time per step)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def half_labeled_synth_store(root: Path):
+    """40 synthetic images (32 train, 4 val, 4 test) in `root`, a half-labeled split `half` and the
+    labeled role's keywords: the trainer's small end-to-end store."""
+    from clipstore.ingest.pipeline import ingest
+    from clipstore.ingest.splits import make_split
+    from clipstore.ingest.synth import write_synthetic
+    from clipstore.mining.keywords import mine_keywords
+    from clipstore.warehouse.store import Store
+    write_synthetic(root / "synth", seed=0, n_images=40, size=32)
+    store = Store(root / "store")
+    ingest(store, "karpathy", root / "synth" / "captions", name="synth", workers=1, progress=False)
+    make_split(store, "half", corpora=["synth"], labeled_ratio=0.5, seed=0)
+    mine_keywords(store, split="half", role="labeled", top=20, progress=False)
+    return store

@@ -15,36 +15,21 @@ import torch
 
 from clipstore.features.checkpoints import read_checkpoint
 from clipstore.features.models import ModelSpec, build_model
-from clipstore.ingest.pipeline import ingest
-from clipstore.ingest.splits import make_split
-from clipstore.ingest.synth import write_synthetic
-from clipstore.mining.keywords import mine_keywords
 from clipstore.train.config import resolve
 from clipstore.train.loop import train
 from clipstore.train.run import prepare
 from clipstore.warehouse.sql import query
-from clipstore.warehouse.store import Store
+from fixtures import half_labeled_synth_store, one_torch_thread
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """tiny-vit is too small for a second intra-op thread to pay: on a busy machine the threads'
-    synchronisation costs more than the matmuls (measured: 10x the CPU time per step)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_proc")
-    write_synthetic(root / "synth", seed=0, n_images=40, size=32)
-    store = Store(root / "store")
-    ingest(store, "karpathy", root / "synth" / "captions", name="synth", workers=1, progress=False)
-    make_split(store, "half", corpora=["synth"], labeled_ratio=0.5, seed=0)
-    mine_keywords(store, split="half", role="labeled", top=20, progress=False)
-    return store
+    return half_labeled_synth_store(tmp_path_factory.mktemp("train_proc"))
 
 
 def losses(store, name):

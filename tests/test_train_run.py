@@ -21,31 +21,19 @@ from clipstore.train.config import resolve
 from clipstore.train.loop import train
 from clipstore.warehouse.parquet import commit_part_tables
 from clipstore.warehouse.sql import query
-from clipstore.warehouse.store import Store
+from fixtures import half_labeled_synth_store, one_torch_thread
 
 TINY = {"model": "tiny-vit", "batch_size": 8, "epochs": 1, "validate": False}
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """tiny-vit is too small for a second intra-op thread to pay: on a busy machine the threads'
-    synchronisation costs more than the matmuls (measured: 10x the CPU time per step)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    """40 synthetic images (32 train, 4 val, 4 test) and a half-labeled split with its keywords."""
-    root = tmp_path_factory.mktemp("train")
-    write_synthetic(root / "synth", seed=0, n_images=40, size=32)
-    store = Store(root / "store")
-    ingest(store, "karpathy", root / "synth" / "captions", name="synth", workers=1, progress=False)
-    make_split(store, "half", corpora=["synth"], labeled_ratio=0.5, seed=0)
-    mine_keywords(store, split="half", role="labeled", top=20, progress=False)
-    return store
+    return half_labeled_synth_store(tmp_path_factory.mktemp("train"))
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,14 @@ from clipstore.train.data import Schedule
 from clipstore.train.model import TrainModel, param_groups
 from clipstore.train.optim import build_optimizer, lr_at
 from clipstore.warehouse.errors import InputError
+from fixtures import one_torch_thread
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """tiny-vit is too small for a second intra-op thread to pay: on a busy machine the threads'
-    synchronisation costs more than the matmuls (measured: 10x the CPU time per step)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from one_torch_thread()
 
 
 def test_config_precedence_and_checks(tmp_path):
