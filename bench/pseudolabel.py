@@ -5,11 +5,12 @@ its figures, and append it to SECTIONS; `--only NAME` runs one):
   global_ot  the global OT of `pseudolabel ot`: n unlabeled × m labeled unit vectors (d dims),
              ε = 0.01, 10 iterations, from the features to the row-normalised plan (the soft
              targets). clipstore.ops.sinkhorn.solve(RowBlocks.cosine(...)) (float32; kernel
-             cached within its 1 GiB default, and with a budget too small to cache anything:
-             every block recomputed each iteration) against POT's numpy `ot.sinkhorn` in float64
-             on the dense cost (what `--solver pot` runs), at equal iterations. POT is timed with
-             and without building its cost. Plans are compared entry by entry (raw plan, the
-             criterion) and row-normalised (the soft targets), and the top-1 match agreement.
+             cached within its 1 GiB default, at torch's threads and at one thread; and with a
+             budget too small to cache anything: every block recomputed each iteration) against
+             POT's numpy `ot.sinkhorn` in float64 on the dense cost (what `--solver pot` runs), at
+             equal iterations. POT is timed with and without building its cost. Plans are compared
+             entry by entry (raw plan, the criterion) and row-normalised (the soft targets), and
+             the top-1 match agreement.
   batch_ot   the trainer's per-batch OT (S-CLIP's `ot_plan`): 64 × 64, 10 iterations, per call:
              clipstore's torch `sinkhorn` (first iteration in the log domain, then scaling on the
              absorbed kernel; float32 and float64, one thread and torch's default) against POT
@@ -91,11 +92,16 @@ def section_global_ot(args) -> dict:
     ut, xt = torch.from_numpy(u), torch.from_numpy(x)
     eps, iters = args.epsilon, args.iters
 
-    def clipstore(cache_bytes):
+    def clipstore(cache_bytes, threads=None):
         def run():
-            sol = solve(RowBlocks.cosine(ut, xt), eps, iters=iters, cache_bytes=cache_bytes)
-            raw = torch.cat([r for _, r in sol.rows()]).numpy()
-            return raw, raw / raw.sum(axis=1, keepdims=True)
+            saved = torch.get_num_threads()
+            torch.set_num_threads(threads or saved)
+            try:
+                sol = solve(RowBlocks.cosine(ut, xt), eps, iters=iters, cache_bytes=cache_bytes)
+                raw = torch.cat([r for _, r in sol.rows()]).numpy()
+                return raw, raw / raw.sum(axis=1, keepdims=True)
+            finally:
+                torch.set_num_threads(saved)
         return run
 
     def pot_with_cost():
@@ -110,6 +116,7 @@ def section_global_ot(args) -> dict:
         return plan, plan / plan.sum(axis=1, keepdims=True)
 
     contenders = {"clipstore (kernel cached)": clipstore(1 << 30),
+                  "clipstore (kernel cached, 1 thread)": clipstore(1 << 30, 1),
                   "clipstore (streaming, nothing cached)": clipstore(0),
                   "POT float64, cost + sinkhorn": pot_with_cost,
                   "POT float64, sinkhorn on a given cost": pot_solver_only}

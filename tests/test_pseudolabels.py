@@ -60,7 +60,8 @@ PRODUCERS = {"nn": lambda s, e, **k: nearest_labels(s, split="s", embeddings=e, 
              "ot": lambda s, e, **k: transport_labels(s, split="s", embeddings=e, **k)}
 
 
-@pytest.mark.parametrize("producer", list(PRODUCERS))
+@pytest.mark.parametrize("producer", ["nn", pytest.param("soft_nn", marks=pytest.mark.slow),
+                                      pytest.param("ot", marks=pytest.mark.slow)])
 def test_class_encoding_embeddings_are_near_perfect_and_shuffled_ones_fall_to_chance(store, producer):
     good = PRODUCERS[producer](store, ["onehot"])
     bad = PRODUCERS[producer](store, ["shuffled"])

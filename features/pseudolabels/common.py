@@ -11,7 +11,9 @@ API (everything a producer module needs):
       Refuses: no such split, no labeled / unlabeled images, several towers mixed, images
       without a vector, NaN/Inf vectors. `SplitVectors.labeled` / `.unlabeled` are `Side`s:
       `items` (item_id = image_id, corpus, sample_id, embeddings_id, part, row), `vectors`
-      (float32, unit rows), `digest` (what the rows and their stored bytes are).
+      (float32, unit rows), `digest` (what the rows and their stored bytes are);
+      `.lineage()` the lineage values of rows made from them, `.recipe()` what pins them in a
+      recipe (split name, tower, labeled and unlabeled digests: drop `unlabeled` to be incremental).
   sample_captions(store, keys) -> {(corpus, sample_id): [caption_id, ...]}   (ordinal order)
   classes_by_sample(store, corpora) -> {sample_id: class}                     (the truth)
   check_pool(k, pool, what)     "k larger than the pool" as an InputError naming the fix.
@@ -19,20 +21,23 @@ API (everything a producer module needs):
   produce_pseudolabels(store, producer=, name=, params=, tables=, lineage=, build=, wanted=, ...)
       The produce wrapper (inside the writer lock): the recipe is the producer's params plus
       TABLES_VERSION; `inputs` are pinned by version, `sources` recorded as lineage only.
-      `build(run)` computes and calls `run.write({table: arrow table})` once per part; the
-      wrapper fills the LINEAGE columns (tables.py) the table does not carry itself.
+      `build(run)` computes and calls `run.write({table: arrow table})` once per part (and may
+      put figures into `run.stats`); the wrapper fills the LINEAGE columns (tables.py) the table
+      does not carry itself (a per-row `embeddings_ids` column, say, wins over `lineage`).
       Recipe-pinned (wanted=None): a completed recipe is a no-op, nothing read. Incremental
       (wanted = the key values, e.g. unlabeled image ids, that should have rows): `run.todo`
       holds only those the artifact lacks; none -> a no-op run; a committed key no longer
       wanted -> every part is retired and all are recomputed. After `build`, the audit
       (audit.py: AUDITS by table) runs over all rows: its summary goes into stats["audit"], its
       calibration rows into the `pseudo_calibration` table.
+  pseudolabel_artifact(store, ref, table=), read_table(store, art, table)   read an artifact back.
   entropy(p), top_k(p, k), caption_rows(...), default_name(split, producer, model)   row helpers.
 
 CLI: each module of this package that defines `add_parser(sub, cli)` (and optionally an int
 `CLI_ORDER`) gets its `clipstore pseudolabel NAME` subcommand: clipstore/cli_pseudolabel.py
 discovers them (`producer_modules()` in __init__.py), no shared file lists them; `cli` is that
-module, with the shared option helpers (`add_vector_options`, `model_spec`, `done`). Audits:
+module, with the shared helpers (`add_vector_options`, `vector_kwargs`, `model_spec`, `store`,
+`done`). Audits:
 audit.py's `register_audit(table)` decorator. See docs/pseudolabels.md."""
 
 from __future__ import annotations
@@ -132,7 +137,7 @@ def resolve_vectors(store: Store, *, split: str, model=None, embeddings: list[st
     else:
         arts, tower, model_fp, name = _named_embeddings(store, embeddings)
         scale = None
-    roles = _split_roles(store, split)
+    roles = _split_roles(store, split_art)
     vset = vector_set(store, arts, modality=IMAGE, split=split, roles=["labeled", "unlabeled"])
     role = np.asarray(vset.items.column("role").to_pylist(), dtype=object)
     ids = vset.items.column("item_id").to_pylist()
@@ -163,14 +168,14 @@ def _split(store: Store, split: str) -> Artifact:
     return art
 
 
-def _split_roles(store: Store, split: str) -> dict[str, set[str]]:
-    """Image ids per role of the split; `eval` = val and test together."""
-    with Session(store) as session:
-        rows = session.query("SELECT role, image_id FROM splits WHERE split = $split AND image_id IS NOT NULL",
-                             {"split": split})
+def _split_roles(store: Store, split: Artifact) -> dict[str, set[str]]:
+    """Image ids per role of the split version; `eval` = val and test together (read from its
+    own table file: a split is one part, nothing supersedes its rows)."""
+    rows = read_parquet(store.table_paths(split, "splits"), columns=["role", "image_id"])
     out: dict[str, set[str]] = {"labeled": set(), "unlabeled": set(), "eval": set()}
     for role, image in zip(rows.column("role").to_pylist(), rows.column("image_id").to_pylist()):
-        out["eval" if role in ("val", "test") else role].add(image)
+        if image is not None:
+            out["eval" if role in ("val", "test") else role].add(image)
     out["unlabeled"] -= out["labeled"]     # an image in both is labeled (vector sets resolve it the same way)
     return out
 
@@ -427,10 +432,18 @@ def entropy(p: np.ndarray) -> np.ndarray:
 
 
 def top_k(p: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, weights renormalised to sum 1) of the k largest entries per row, best first
-    (ties: the lower index first)."""
+    """(indices, weights renormalised to sum 1) of the k largest entries per row, best first. A
+    partition, then a sort of the k only (O(m) per row, not O(m log m)); among equal weights the
+    lower index comes first, except that which of several entries tied at the k-th place is kept
+    is the partition's (deterministic) choice."""
     k = min(k, p.shape[1])
-    idx = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    if k < p.shape[1]:
+        idx = np.argpartition(-p, k - 1, axis=1)[:, :k]
+    else:
+        idx = np.broadcast_to(np.arange(k), p.shape).copy()
+    vals = np.take_along_axis(p, idx, axis=1)
+    order = np.lexsort((idx, -vals), axis=1)
+    idx = np.take_along_axis(idx, order, axis=1)
     w = np.take_along_axis(p, idx, axis=1).astype(np.float64)
     total = w.sum(axis=1, keepdims=True)
     w = np.where(total > 0, w / np.where(total > 0, total, 1), 1.0 / k)
