@@ -30,7 +30,7 @@ def ucm(shared_data, tmp_path_factory):
     map), a 10 % labeled split, tiny-vit's image cache (each image embedded once) and class cache."""
     store = Store(tmp_path_factory.mktemp("ucm") / "store")
     ingest(store, "imagefolder", shared_data / FULL / "Images", name="ucm_cls", workers=2, progress=False)
-    ingest(store, "ucm_captions", shared_data / "ucm_captions", images=shared_data / FULL / "Images",
+    ingest(store, "ucm_captions", shared_data / "ucm_captions", images=shared_data / FULL,
            image_map=shared_data / FULL / "ucm_captions_filename_map.tsv", workers=2, progress=False)
     make_split(store, "u10", corpora=["ucm_captions"], labeled_ratio=0.1, seed=0)
     tiny = load_model(ModelSpec("tiny-vit"))
