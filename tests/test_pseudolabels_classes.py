@@ -218,6 +218,7 @@ def test_new_unlabeled_images_add_only_their_rows(synth_tiny, tmp_path, tiny, sy
     assert len(rows) == 2 and {r["n"] for r in rows} == {n_first, second.stats["new"]}   # each row names its graph
 
 
+@pytest.mark.slow   # several producer runs on a loaded machine: 10-45 s
 def test_bad_input_is_refused_before_anything_is_written(synth, tmp_path, tiny):
     onehot = image_embeddings(synth, "synth", "synth.image.onehot")
     before = artifact_count(synth)
@@ -299,6 +300,7 @@ def test_propagation_rows_equal_reclip_on_the_cached_vectors(synth_tiny, tiny):
     assert other.artifact_id != art.artifact_id
 
 
+@pytest.mark.slow   # several producer runs on a loaded machine: 10-45 s
 def test_propagation_refuses_bad_input(synth):
     onehot = image_embeddings(synth, "synth_cls", "synth_cls.image.onehot")
     before = artifact_count(synth)

@@ -83,6 +83,7 @@ def image_embeddings(store, model="onehot", shuffle=None):
                             corpus="synth"), truth
 
 
+@pytest.mark.slow   # several producer runs on a loaded machine: 10-45 s
 def test_concept_encoding_vectors_reach_the_best_top3_precision_and_shuffled_fall_to_chance(store):
     concept_embeddings(store)
     art_emb, truth = image_embeddings(store)
@@ -107,6 +108,7 @@ def test_concept_encoding_vectors_reach_the_best_top3_precision_and_shuffled_fal
     assert low["precision"] <= low["frequent_concepts_precision"] + 0.05   # no better than a prior guess
 
 
+@pytest.mark.slow   # several producer runs on a loaded machine: 10-45 s
 def test_bad_input_is_refused_before_anything_is_written(store, tmp_path):
     concept_embeddings(store)
     art_emb, _ = image_embeddings(store)
