@@ -183,7 +183,7 @@ def test_cli_concepts_and_audit(store):
     out = run_main("--store", root, "-q", "pseudolabel", "concepts", "--split", "s", "--model", "tiny-vit",
                    "--vocab", VOCAB, "--top", "3", "--workers", "0")
     assert out.returncode == 0, out.stderr
-    assert "pseudolabel concepts:" in out.stdout and "precision" in out.stdout
+    assert "pseudolabel concepts:" in out.stdout and "audit: concept precision" in out.stdout
     art = out.stdout.split("-> ")[1].split()[0]
     audit = run_main("--store", root, "pseudolabel", "audit", art, "--format", "json")
     assert '"concept_precision"' in audit.stdout and '"frequent_concepts_precision"' in audit.stdout
