@@ -66,6 +66,13 @@ def audit_line(audit: dict) -> str:
         elif "precision_micro" in s:
             parts.append(f"keyword precision {s['precision_micro']}, recall {s['recall_micro']} "
                          f"({s['with_keyword_truth']}/{s['rows']} with truth, {s['empty_sets']} empty)")
+        elif "accuracy" in s:            # pseudo_classes (knn, propagate)
+            zero_shot = f", zero-shot {s['zero_shot_accuracy']}" if "zero_shot_accuracy" in s else ""
+            parts.append(f"class acc {s['accuracy']}{zero_shot} (chance {s['chance']}, coverage {s['coverage']}, "
+                         f"{s['with_class_truth']}/{s['rows']} with truth)")
+        elif "frequent_concepts_precision" in s:   # pseudo_concepts
+            parts.append(f"concept precision {s['precision']} (chance {s['chance']}, frequent concepts "
+                         f"{s['frequent_concepts_precision']}, {s['with_concept_truth']}/{s['rows']} with truth)")
         else:
             figures = ", ".join(f"{k} {v}" for k, v in s.items() if isinstance(v, (int, float)))[:100]
             parts.append(f"{table}: {figures}")

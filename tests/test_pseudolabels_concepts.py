@@ -83,6 +83,7 @@ def image_embeddings(store, model="onehot", shuffle=None):
                             corpus="synth"), truth
 
 
+@pytest.mark.slow   # several producer runs on a loaded machine: 10-45 s
 def test_concept_encoding_vectors_reach_the_best_top3_precision_and_shuffled_fall_to_chance(store):
     concept_embeddings(store)
     art_emb, truth = image_embeddings(store)
@@ -107,6 +108,7 @@ def test_concept_encoding_vectors_reach_the_best_top3_precision_and_shuffled_fal
     assert low["precision"] <= low["frequent_concepts_precision"] + 0.05   # no better than a prior guess
 
 
+@pytest.mark.slow   # several producer runs on a loaded machine: 10-45 s
 def test_bad_input_is_refused_before_anything_is_written(store, tmp_path):
     concept_embeddings(store)
     art_emb, _ = image_embeddings(store)
@@ -181,7 +183,7 @@ def test_cli_concepts_and_audit(store):
     out = run_main("--store", root, "-q", "pseudolabel", "concepts", "--split", "s", "--model", "tiny-vit",
                    "--vocab", VOCAB, "--top", "3", "--workers", "0")
     assert out.returncode == 0, out.stderr
-    assert "pseudolabel concepts:" in out.stdout and "precision" in out.stdout
+    assert "pseudolabel concepts:" in out.stdout and "audit: concept precision" in out.stdout
     art = out.stdout.split("-> ")[1].split()[0]
     audit = run_main("--store", root, "pseudolabel", "audit", art, "--format", "json")
     assert '"concept_precision"' in audit.stdout and '"frequent_concepts_precision"' in audit.stdout

@@ -1,6 +1,6 @@
 """Class pseudo-labels on the real UC Merced images (2,100 JPEGs, 21 classes): ReCLIP propagation
-over UCM-CLS gives exactly the labels of the dense public-style implementation on the same cached
-vectors, and kNN votes over a 10 % labeled UCM_captions split audit against the images' classes.
+over UCM-CLS gives the labels of the dense public-style implementation on the same cached vectors
+(but for rounding-level ties), and kNN votes over a 10 % labeled UCM_captions split audit against the images' classes.
 tiny-vit is at random init here (no pretrained weights reach these machines), so the figures are
 what such a model gives — recorded, not claimed to beat chance for propagation; see
 docs/pseudolabels.md for the measured values."""
@@ -30,7 +30,7 @@ def ucm(shared_data, tmp_path_factory):
     map), a 10 % labeled split, tiny-vit's image cache (each image embedded once) and class cache."""
     store = Store(tmp_path_factory.mktemp("ucm") / "store")
     ingest(store, "imagefolder", shared_data / FULL / "Images", name="ucm_cls", workers=2, progress=False)
-    ingest(store, "ucm_captions", shared_data / "ucm_captions", images=shared_data / FULL / "Images",
+    ingest(store, "ucm_captions", shared_data / "ucm_captions", images=shared_data / FULL,
            image_map=shared_data / FULL / "ucm_captions_filename_map.tsv", workers=2, progress=False)
     make_split(store, "u10", corpora=["ucm_captions"], labeled_ratio=0.1, seed=0)
     tiny = load_model(ModelSpec("tiny-vit"))
@@ -53,10 +53,17 @@ def test_propagation_on_real_images_equals_the_dense_reference(ucm):
                                           "'ucm_cls' ORDER BY class_index").to_pylist()]
     row = {i: n for n, i in enumerate(t_items.column("item_id").to_pylist())}
     t = np.asarray(t_vecs, dtype=np.float32)[[row[class_item_id(n, template_set("default"))] for n in names]]
-    expected = dense_reference(np.asarray(vecs, dtype=np.float32), t).argmax(1)
+    z = dense_reference(np.asarray(vecs, dtype=np.float32), t)
     got = {r["image_id"]: r["label"] for r in query(store, "SELECT image_id, label FROM pseudo_classes WHERE "
                                                            "artifact_id = ?", [art.artifact_id]).to_pylist()}
-    assert [got[i] for i in items.column("item_id").to_pylist()] == [names[c] for c in expected]
+    ours = np.asarray([got[i] for i in items.column("item_id").to_pylist()], dtype=object)
+    differ = np.flatnonzero(ours != np.asarray(names, dtype=object)[z.argmax(1)])
+    # random-init vectors are crowded (the 20th and 21st neighbour differ by a float32 step for some
+    # images), so the dense side's float32 affinities can swap a tied neighbour: a label may then
+    # differ, but only where the dense Z itself has its two best classes within 1e-3 of each other
+    top2 = np.sort(z, axis=1)[:, -2:]
+    near_tie = (top2[:, 1] - top2[:, 0]) < 1e-3 * np.abs(top2[:, 1])
+    assert len(differ) <= len(z) // 200 and near_tie[differ].all(), (len(differ), top2[differ])
     audit = art.stats["audit"]["pseudo_classes"]
     assert audit["with_class_truth"] == n_images and audit["zero_shot_accuracy"] is not None
     print(f"\nUCM-CLS tiny-vit (random init): propagation accuracy {audit['accuracy']}, zero-shot "
@@ -66,9 +73,12 @@ def test_propagation_on_real_images_equals_the_dense_reference(ucm):
 def test_knn_votes_on_a_real_split(ucm):
     store, tiny = ucm
     art = classes(store, split="u10", model=tiny, k=20, workers=0, progress=False)
-    split = store.current("split", "u10")
-    assert art.counts["pseudo_classes"] == split.counts["unlabeled"] - sum(
-        art.stats.get("excluded", {}).values())
+    # one row per distinct unlabeled image (two UCM samples share one image's bytes) not also in
+    # another role
+    expected = query(store, "SELECT count(DISTINCT image_id) AS n FROM splits WHERE split = 'u10' AND role = "
+                            "'unlabeled' AND image_id NOT IN (SELECT image_id FROM splits WHERE split = 'u10' AND "
+                            "role <> 'unlabeled' AND image_id IS NOT NULL)").to_pylist()[0]["n"]
+    assert art.counts["pseudo_classes"] == expected
     audit = art.stats["audit"]["pseudo_classes"]
     assert audit["with_class_truth"] == art.counts["pseudo_classes"] and audit["classes"] == 21
     assert 0 < audit["coverage"] <= 1

@@ -94,6 +94,7 @@ def classes(store: Store, *, split: str, model=None, embeddings: list[str] | Non
         run.write({"pseudo_classes": class_rows(u, rows, class_names, votes.labels, votes.confidence,
                                                 votes.distribution, voters=votes.voters)})
         run.stats.update({"k": graph.k, "graph": graph_art.artifact_id, "classes": len(class_names),
+                          "excluded": vectors.excluded,
                           "no_labeled_neighbour": int((votes.labels < 0).sum())})
 
     name = name or default_name(split, PRODUCER, vectors.model_name)

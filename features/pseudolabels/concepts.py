@@ -109,7 +109,8 @@ def concepts(store: Store, *, split: str, vocab: str, model=None, embeddings: li
             "scores": pa.array(list(scores.top_logits), FLOATS),
             "confidence": pa.array(scores.confidence),
             "logits": pa.array(list(scores.logits), FLOATS)})})
-        run.stats.update({"vocab": vocab_art.artifact_id, "concepts": len(entries), "top": top, "logit_scale": scale})
+        run.stats.update({"vocab": vocab_art.artifact_id, "concepts": len(entries), "top": top, "logit_scale": scale,
+                          "excluded": vectors.excluded})
 
     return produce_pseudolabels(store, producer=PRODUCER,
                                 name=name or default_name(split, "concepts", vectors.model_name), params=params,
