@@ -29,7 +29,7 @@ import pyarrow as pa
 from clipstore.features.index import (build_index, load_index, make_index, measure_recall, search_others,
                                       selected_vectors)
 from clipstore.features.items import CORPUS_MODALITIES, IMAGE
-from clipstore.features.knn import self_knn
+from clipstore.features.knn import self_knn, self_knn_block
 from clipstore.features.vectors import open_embeddings
 from clipstore.features.vectorset import vector_set
 from clipstore.warehouse.errors import ClipstoreError, InputError, NotFoundError
@@ -51,6 +51,7 @@ EDGES = pa.schema([
 GRAPH_TABLES = {"knn_nodes": table_spec(NODES), "knn_edges": table_spec(EDGES)}
 NODES_PER_PART = 50_000             # one edges part per this many source nodes (k rows each)
 RECALL_QUERIES = 1000
+RAY_MIN_ROWS = 1024                 # --ray: rows per task at least (a task's start costs ~10 ms)
 STAGE_VERSION = 1                   # bump when the same inputs would give another graph
 
 
@@ -97,10 +98,13 @@ def build_set_graph(store: Store, embeddings: list[str | Artifact], k: int = 20,
                     view: int = 0, split: str | None = None, roles: list[str] | None = None,
                     method: str = "exact", nprobe: int | None = None, ef_search: int | None = None,
                     recall_queries: int = RECALL_QUERIES, seed: int = 0, name: str | None = None,
-                    wait: bool = False) -> Artifact:
+                    wait: bool = False, ray: str | None = None) -> Artifact:
     """Build (or return, when this recipe exists) the kNN graph over the vector set of these
     embeddings artifacts (one tower fingerprint), optionally restricted to a split's roles.
-    The recipe pins every artifact's version (and the split's), so new vectors give a new graph."""
+    The recipe pins every artifact's version (and the split's), so new vectors give a new graph.
+    `ray` (an address, see warehouse/raydata.py): an exact graph's rows are searched in Ray
+    tasks over blocks of rows, the matrix put once in the object store; the driver writes the
+    same graph (same recipe, same artifact). An approximate `method` still searches here."""
     _check_graph_args(k, view)
     with store.writing(wait=wait):
         arts = [store.get(e, kind="embeddings") if isinstance(e, str) else e for e in embeddings]
@@ -129,8 +133,11 @@ def build_set_graph(store: Store, embeddings: list[str | Artifact], k: int = 20,
             vectors = vset.matrix()        # one matrix for the search (a copy when the set spans parts)
             k_used = min(k, len(vset) - 1)
             if method == "exact":
-                neighbors, sims = self_knn(vectors, k_used)
                 quality = {"exact": True, "recall": 1.0}
+                if ray is None:
+                    neighbors, sims = self_knn(vectors, k_used)
+                else:   # where it ran is provenance, not recipe: the same artifact either way
+                    neighbors, sims, quality["ray_blocks"] = _exact_on_ray(ray, vectors, k_used)
             else:
                 neighbors, sims, quality = _approximate_in_memory(vectors, method, k_used, nprobe, ef_search,
                                                                   recall_queries, seed)
@@ -196,6 +203,25 @@ def _set_graph_name(arts: list[Artifact], split: str | None, roles, modality: st
     name = f"{scope}.{modality}.{model}.knn{k}" + (f".{'+'.join(sorted(roles))}" if roles else "")
     name += f".view{view}" if view else ""
     return name if method == "exact" else f"{name}.{method}"
+
+
+def _exact_on_ray(address: str, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """self_knn's result, its rows searched in Ray tasks (self_knn_block) over blocks of rows:
+    about four blocks per cluster CPU, at least RAY_MIN_ROWS rows each. Each task multiplies its
+    rows by the whole matrix, i.e. twice self_knn's products (it shares each pair of blocks)."""
+    from clipstore.warehouse.raydata import cluster_resources, map_blocks, session
+    n = len(vectors)
+    with session(address):
+        cpus = max(1, int(cluster_resources().get("CPU", 1)))
+        size = max(RAY_MIN_ROWS, -(-n // (4 * cpus)))
+        blocks = [(s, min(n, s + size), k) for s in range(0, n, size)]
+        found = map_blocks(_search_block, np.ascontiguousarray(vectors, dtype=np.float32), blocks)
+    return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]), len(blocks)
+
+
+def _search_block(vectors: np.ndarray, block: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    start, stop, k = block
+    return self_knn_block(vectors, (start, stop), k)
 
 
 def _approximate_in_memory(vectors: np.ndarray, method: str, k: int, nprobe, ef_search, recall_queries: int,

@@ -121,6 +121,15 @@ def self_knn(vectors: np.ndarray, k: int, *, device: str | None = None, half: bo
     return torch.cat([i for i, _ in best]).numpy(), torch.cat([s for _, s in best]).numpy()
 
 
+def self_knn_block(vectors: np.ndarray, rows: tuple[int, int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows [start, stop) of `self_knn(vectors, k)`: those rows' k nearest other rows in the whole
+    matrix (one block of the graph, e.g. one Ray task: features/graph.py). Same tie rule (ascending
+    row), so the blocks stacked give self_knn's neighbours; the similarities agree within float32
+    rounding (the products are cut into other blocks)."""
+    start, stop = rows
+    return exact_knn(vectors[start:stop], vectors, k, self_rows=np.arange(start, stop, dtype=np.int64))
+
+
 def _device_rows(x: np.ndarray, start: int, size: int, device: str, half: bool):
     rows = torch.from_numpy(np.asarray(x[start:start + size], dtype=np.float32)).to(device)
     return rows, rows.half() if half else None

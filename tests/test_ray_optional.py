@@ -48,6 +48,9 @@ def test_without_ray_installed_the_error_names_the_extra(tmp_path, cli, monkeypa
     r = cli("--store", store, "embed", "--model", "tiny-vit", "--corpus", "f", "--ray", "auto", check=False)
     assert r.returncode == 1 and "pip install 'clipstore[ray]'" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+    r = cli("--store", store, "pseudolabel", "classes", "--split", "none-yet", "--model", "tiny-vit",
+            "--ray", "auto", check=False)   # refused before the split is even looked up
+    assert r.returncode == 1 and "pip install 'clipstore[ray]'" in r.stderr, r.stderr
 
 
 def test_parts_are_committed_in_part_order_whatever_order_they_complete_in():

@@ -286,6 +286,27 @@ def map_actors(rows: list[dict], cls: type, *, constructor: dict, size: int, num
             yield batch
 
 
+def map_blocks(fn: Callable, shared, blocks: list, *, num_cpus: float = 1.0) -> list:
+    """[fn(shared, block) for block in blocks], each call one Ray task (plain tasks, not Ray
+    Data: the calls are few and large). `shared` (e.g. a matrix every block searches) goes into
+    the object store once and is read there by every task; results come back in block order.
+    A ClipstoreError raised in a task is raised again here with its class and fix."""
+    import ray
+    if not blocks:
+        return []
+    ref = ray.put(shared)
+    task = ray.remote(num_cpus=num_cpus)(_call_block)
+    rows = ray.get([task.remote(fn, ref, block) for block in blocks])
+    return [raise_errors(row)["result"] for row in rows]
+
+
+def _call_block(fn: Callable, shared, block) -> dict:
+    try:
+        return {"result": fn(shared, block), ERROR_KEY: None}
+    except ClipstoreError as exc:
+        return error_row(exc)
+
+
 def prestart(modules: list[str], slots: int | None = None) -> None:
     """Start this job's workers now, importing `modules`, while the driver reads the source: a
     new driver (each CLI command) gets fresh worker processes, whose imports would otherwise

@@ -10,6 +10,10 @@ Incremental: the recipe is the split, the image tower, the labeled images' vecto
 the unlabeled set, so new unlabeled images add only their rows (voted in the graph of that
 run, whose id each row carries in `graph_id`); a changed labeled set or k is a new artifact.
 
+`ray=ADDRESS` (`--ray`): what is missing is embedded on that Ray cluster, and an exact graph's
+neighbour search runs there in tasks over blocks of rows (features/graph.py); the vote over the
+stored graph (O(n·k)) and the commits stay on the driver, so the rows are the local path's.
+
 `pseudo_classes` is shared with label propagation (propagate.py); its audit (class accuracy
 against the corpus's classes, accuracy by confidence) is here."""
 
@@ -49,13 +53,17 @@ CLASS_TABLES = {"pseudo_classes": PSEUDO_CLASSES}
 
 def classes(store: Store, *, split: str, model=None, embeddings: list[str] | None = None, k: int = K,
             method: str = "exact", name: str | None = None, batch_size: int = 64, workers: int | None = None,
-            wait: bool = False, progress: bool = True) -> Artifact:
+            wait: bool = False, progress: bool = True, ray: str | None = None) -> Artifact:
     """kNN class votes for the unlabeled images of `split` (see the module doc)."""
     from clipstore.features.graph import build_set_graph, load_knn_graph
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise InputError(f"--k must be a positive integer, got {k!r}", fix="e.g. --k 20")
+    if ray is not None:   # a malformed address or a missing Ray: before anything is read
+        from clipstore.warehouse.raydata import check_address, import_ray
+        ray = check_address(ray)
+        import_ray()
     vectors = resolve_vectors(store, split=split, model=model, embeddings=embeddings, batch_size=batch_size,
-                              workers=workers, wait=wait, progress=progress)
+                              workers=workers, wait=wait, progress=progress, ray=ray)
     nodes = len(vectors.labeled) + len(vectors.unlabeled) + sum(vectors.excluded.values())
     check_pool(k, nodes - 1, f"each image in the graph over split {split}'s labeled and unlabeled images",
                option="--k")
@@ -67,7 +75,7 @@ def classes(store: Store, *, split: str, model=None, embeddings: list[str] | Non
                          fix="vote classes from a split over a corpus with class labels (e.g. one ingested with "
                              "`clipstore ingest imagefolder`), or use `clipstore pseudolabel propagate --corpus C`")
     graph_art = build_set_graph(store, vectors.embeddings, k, split=split, roles=["labeled", "unlabeled"],
-                                method=method, wait=wait)
+                                method=method, wait=wait, ray=ray)
     class_names = sorted({c for c in labeled_class if c is not None})
     params = {**{key: v for key, v in vectors.recipe().items() if key != "unlabeled"}, "k": k, "method": method,
               "weights": "(1+sim)/2"}
@@ -180,11 +188,17 @@ def add_parser(sub, cli) -> None:
     g.add_argument("--k", type=int, default=K, help="neighbours per image in the graph (default: %(default)s)")
     g.add_argument("--method", default="exact",
                    help="neighbour search: exact, or a FAISS factory such as HNSW32 (default: %(default)s)")
+    from clipstore.warehouse.raydata import ADDRESS_HELP
+    p.add_argument_group("scale-out").add_argument(
+        "--ray", metavar="ADDRESS",
+        help=f"embed what is missing and search the exact graph on a Ray cluster: {ADDRESS_HELP}; the vote and "
+             "the commits stay here (default: none, this machine)")
     p.set_defaults(func=cmd_classes)
 
 
 def cmd_classes(args) -> None:
     from clipstore.cli_pseudolabel import done, store, vector_kwargs
     t0 = time.monotonic()
-    art = classes(store(args), **vector_kwargs(args), k=args.k, method=args.method, name=args.name)
+    art = classes(store(args), **vector_kwargs(args), k=args.k, method=args.method, name=args.name,
+                  ray=args.ray)
     done("pseudolabel classes", art, t0)

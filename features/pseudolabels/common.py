@@ -116,8 +116,9 @@ class SplitVectors:
 
 def resolve_vectors(store: Store, *, split: str, model=None, embeddings: list[str] | None = None,
                     batch_size: int = 64, workers: int | None = None, wait: bool = False,
-                    progress: bool = True) -> SplitVectors:
-    """See the module doc. Call outside `store.writing()`: embedding takes the writer lock itself."""
+                    progress: bool = True, ray: str | None = None) -> SplitVectors:
+    """See the module doc. Call outside `store.writing()`: embedding takes the writer lock itself.
+    `ray`: embed what is missing on that Ray cluster (features/embed.py)."""
     if (model is None) == (not embeddings):
         raise InputError("pseudo-labels need the vectors of one model: pass --model SPEC or --embeddings ID",
                          fix="e.g. --model tiny-vit (embeds what is missing), or --embeddings ID (repeatable)")
@@ -133,7 +134,8 @@ def resolve_vectors(store: Store, *, split: str, model=None, embeddings: list[st
                          where=split_art.artifact_id,
                          fix="use a split with unlabeled images (--labeled-ratio below 1, or --unlabeled-corpus C)")
     if model is not None:
-        arts, tower, model_fp, name, scale = _embed_split(store, split, model, batch_size, workers, wait, progress)
+        arts, tower, model_fp, name, scale = _embed_split(store, split, model, batch_size, workers, wait, progress,
+                                                          ray)
     else:
         arts, tower, model_fp, name = _named_embeddings(store, embeddings)
         scale = None
@@ -180,13 +182,14 @@ def _split_roles(store: Store, split: Artifact) -> dict[str, set[str]]:
     return out
 
 
-def _embed_split(store: Store, split: str, model, batch_size: int, workers, wait: bool, progress: bool):
+def _embed_split(store: Store, split: str, model, batch_size: int, workers, wait: bool, progress: bool,
+                 ray: str | None = None):
     from clipstore.features.checkpoint_artifacts import resolve_model_spec
     from clipstore.features.embed import embed
     from clipstore.features.models import LoadedModel, load_model
     loaded = model if isinstance(model, LoadedModel) else load_model(resolve_model_spec(store, model))
     arts = embed(store, model=loaded, split=split, modality="image", batch_size=batch_size, workers=workers,
-                 wait=wait, progress=progress)
+                 wait=wait, progress=progress, ray=ray)
     scale = getattr(loaded.model, "logit_scale", None)
     scale = float(scale.detach().exp().reshape(-1)[0]) if scale is not None else None
     return arts, loaded.image_fingerprint, loaded.fingerprint, loaded.name, scale
