@@ -7,7 +7,7 @@ STORE  ?= store
 DATA   ?= ../shared/data
 CLI    := $(BIN)/clipstore --store $(STORE)
 
-.PHONY: venv demo test test-fast lint ingest mine embed pixels eval bench gauntlet clean
+.PHONY: venv demo test test-fast lint ingest mine embed pixels eval train bench gauntlet clean
 
 venv: $(STAMP)
 	@echo "venv: $(VENV) is up to date with pyproject.toml (run commands as $(BIN)/clipstore, or after: source $(BIN)/activate)"
@@ -51,6 +51,13 @@ MODEL ?= tiny-vit
 eval: embed
 	$(CLI) eval suite rs --model $(MODEL)
 	$(CLI) eval suite fashion --model $(MODEL)
+
+# the stand-in "pretrained" CLIP: CLIP on a small synthetic corpus, a couple of epochs (docs/train.md)
+TRAIN_SYNTH ?= out/synth_train
+train: $(STAMP)
+	$(CLI) -q synth $(TRAIN_SYNTH) --seed 0 --images 400
+	$(CLI) -q ingest karpathy $(TRAIN_SYNTH)/captions --name synth_train
+	$(CLI) train --method clip --corpus synth_train --model tiny-vit --epochs 2 --batch-size 32 --val-every 1
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

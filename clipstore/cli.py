@@ -213,12 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reproduce the S-CLIP code's torch.randperm selection (default: clipstore's own)")
     s.set_defaults(func=cmd_split)
 
-    from clipstore import cli_eval, cli_export, cli_features, cli_mining, cli_show, cli_store, demo, project
+    from clipstore import (cli_eval, cli_export, cli_features, cli_mining, cli_show, cli_store, cli_train, demo,
+                           project)
     cli_mining.add_parsers(sub)
     cli_features.add_parsers(sub)
     cli_store.add_parsers(sub)
     cli_export.add_parsers(sub)
     cli_eval.add_parsers(sub)
+    cli_train.add_parsers(sub)
     project.add_parsers(sub)
     demo.add_parsers(sub)
 

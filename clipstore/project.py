@@ -10,7 +10,7 @@ import difflib
 import os
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -54,8 +54,18 @@ EMBED = {**MODEL_KEYS, "corpus": "str|list[str]", "split": "str", "modality": "s
          "pixel_cache": "str"}
 PIXELS = {**MODEL_KEYS, "corpus": "str|list[str]", "split": "str", "size": "int", "resize_mode": "str",
           "interpolation": "str", "fill_color": "int", "workers": "int"}   # model keys: --model's spec
+
+
+def _train_schema() -> dict[str, str]:
+    """[[train]]: the trainer's config fields (train/config.py), typed from the dataclass."""
+    from clipstore.train.config import FIELDS
+    kinds = {"str": "str", "int": "int", "float": "float", "bool": "bool", "list[str]": "list[str]"}
+    return {name: kinds[f.type.split(" | ")[0]] for name, f in FIELDS.items()}
+
+
+TRAIN = _train_schema()
 TABLES = {"data": "[data]", "corpus": "[[corpus]]", "split": "[[split]]", "mine": "[[mine.*]]", "embed": "[[embed]]",
-          "pixels": "[[pixels]]"}
+          "pixels": "[[pixels]]", "train": "[[train]]"}
 
 
 @dataclass
@@ -67,6 +77,7 @@ class Project:
     embed: list[dict]    # keyword arguments of features.embed.embed, with the model spec inline
     pixels: list[dict] = None   # keyword arguments of features.pixels.cache_pixels, the model spec inline
     config: Path = DEFAULT_CONFIG
+    train: list[dict] = field(default_factory=list)   # fields of train.config.TrainConfig
 
 
 def _unknown(key: str, known, what: str, config: Path) -> InputError:
@@ -140,6 +151,8 @@ def load(config: Path = DEFAULT_CONFIG, data_root: str | Path | None = None) -> 
               for i, e in enumerate(_entries(doc, "embed", "[[embed]]", config))]
     pixels = [check_entry(e, PIXELS, f"[[pixels]] #{i + 1}", config)
               for i, e in enumerate(_entries(doc, "pixels", "[[pixels]]", config))]
+    trains = [check_entry(t, TRAIN, f"[[train]] #{i + 1}", config)
+              for i, t in enumerate(_entries(doc, "train", "[[train]]", config))]
 
     given = data_root or os.environ.get("CLIPSTORE_DATA")  # relative to the working directory
     root = Path(given) if given else config.parent / data.get("root", ".")
@@ -150,7 +163,7 @@ def load(config: Path = DEFAULT_CONFIG, data_root: str | Path | None = None) -> 
             if kind.rstrip("!") == "path" and key in c:
                 entry[key] = root / c[key]
         resolved.append(entry)
-    return Project(root, resolved, splits, {k: list(v) for k, v in mine.items()}, embeds, pixels, config)
+    return Project(root, resolved, splits, {k: list(v) for k, v in mine.items()}, embeds, pixels, config, trains)
 
 
 # ---- the stages the runner knows -----------------------------------------------------------
@@ -234,6 +247,23 @@ def pixels_all(store, project: Project, progress: bool = True, wait: bool = Fals
     return artifacts
 
 
+def train_all(store, project: Project, progress: bool = True, wait: bool = False, report: Report = None) -> list:
+    """Train every configured run; a finished run is a no-op, a stopped one resumes."""
+    from clipstore.train.config import resolve
+    from clipstore.train.loop import train
+    artifacts = []
+    for options in project.train:
+        out = train(store, resolve(overrides=options), progress=progress, wait=wait)
+        artifacts.append(out.checkpoint if not out.noop else _noop(out.checkpoint))
+        _done(report, artifacts[-1])
+    return artifacts
+
+
+def _noop(art):
+    from dataclasses import replace
+    return replace(art, noop=True)
+
+
 @dataclass(frozen=True)
 class ProjectStage:
     run: Callable[..., list]
@@ -247,6 +277,7 @@ STAGES = {
     "mine": ProjectStage(mine_all, "mine every [[mine.keywords]], [[mine.classnames]] and [[mine.concepts]]"),
     "embed": ProjectStage(embed_all, "cache every [[embed]] entry's embeddings"),
     "pixels": ProjectStage(pixels_all, "fill every [[pixels]] entry's pixel cache"),
+    "train": ProjectStage(train_all, "train every [[train]] entry (options of `clipstore train`)"),
 }
 
 

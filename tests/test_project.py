@@ -10,6 +10,7 @@ import json
 import pytest
 
 from clipstore import project as proj
+from clipstore.warehouse.errors import InputError
 from conftest import run_main
 from fixtures import write_tiny_project
 
@@ -197,3 +198,16 @@ def test_the_schema_follows_the_stage_apis():
     from clipstore.features.pixels import cache_pixels
     assert set(proj.PIXELS) - set(proj.MODEL_KEYS) == _api_keys(cache_pixels) - {"model"}
     assert set(proj.MODEL_KEYS) <= {f.name for f in dataclasses.fields(ModelSpec)}
+    from clipstore.train.config import TrainConfig
+    assert set(proj.TRAIN) == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_a_train_entry_is_checked_like_the_others(tmp_path):
+    (tmp_path / "clipstore.toml").write_text('[[train]]\nmethod = "clip"\ncorpus = "tiny"\nepochs = "two"\n')
+    with pytest.raises(InputError, match="epochs in \\[\\[train\\]\\] #1 is 'two'"):
+        proj.load(tmp_path / "clipstore.toml")
+    (tmp_path / "clipstore.toml").write_text('[[train]]\nmethod = "clip"\ncorpus = "tiny"\nepoch = 2\n')
+    with pytest.raises(InputError, match="did you mean 'epochs'"):
+        proj.load(tmp_path / "clipstore.toml")
+    (tmp_path / "clipstore.toml").write_text('[[train]]\nmethod = "clip"\ncorpus = "tiny"\nepochs = 2\nlr = 1\n')
+    assert proj.load(tmp_path / "clipstore.toml").train == [{"method": "clip", "corpus": "tiny", "epochs": 2, "lr": 1}]
