@@ -101,7 +101,8 @@ def cmd_doctor(args) -> int:
 
 def cmd_synth(args) -> None:
     from clipstore.ingest.synth import write_synthetic
-    info = write_synthetic(args.dir, seed=args.seed, n_images=args.images, size=args.size)
+    info = write_synthetic(args.dir, seed=args.seed, n_images=args.images, size=args.size, domain=args.domain,
+                           n_classification=args.classification_images)
     print(json.dumps(info, indent=1))
 
 
@@ -192,11 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="write the synthetic learnable corpus (captions + classification set)",
                        description="Draw top-down scenes whose content determines their captions and class: "
-                                   "DIR/captions (karpathy), DIR/classification (imagefolder), DIR/synth.json.")
+                                   "DIR/captions (karpathy), DIR/classification (imagefolder), DIR/synth.json. "
+                                   "--domain source|target draws one of two styled domains with the same classes "
+                                   "and grammar (ingested as synth_<domain>, synth_<domain>_cls).")
     s.add_argument("dir", type=Path, metavar="DIR", help="output folder (rewritten)")
     s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default %(default)s)")
     s.add_argument("--images", type=int, default=2000, help="number of images (default %(default)s)")
     s.add_argument("--size", type=int, default=64, help="image side in pixels (default %(default)s)")
+    s.add_argument("--domain", choices=("source", "target"), default=None,
+                   help="a styled domain: classes told apart by what is on the ground, drawn and worded per "
+                        "domain (default: none, the plain corpus whose classes differ by palette)")
+    s.add_argument("--classification-images", type=int, default=None, metavar="N",
+                   help="images in the classification set (default: 20%% of --images, at least 10)")
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("split", help="labeled/unlabeled/val/test manifests over one or more corpora",

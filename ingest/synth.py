@@ -5,7 +5,11 @@ foreground objects in one or two groups of the same colour and shape. Captions a
 from those facts only, so what a model can learn from the text is exactly what is drawn.
 Everything about image `index` of stream `stream` comes from one numpy Generator seeded with
 (seed, stream, index): any image regenerates on its own, and the output is byte-identical.
-The classification set (zero-shot evaluation) comes from its own stream: no image is shared."""
+The classification set (zero-shot evaluation) comes from its own stream: no image is shared.
+
+This module draws the default corpus (`synth`, whose classes differ by palette) and writes any
+corpus; `--domain source|target` draws the two styled domains of synth_domains.py instead
+(classes that differ by what is on the ground, see docs/ingest.md#synth)."""
 
 from __future__ import annotations
 
@@ -21,12 +25,14 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from clipstore.ingest import synth_domains, synth_text
+from clipstore.ingest.synth_text import CAPTIONS_PER_IMAGE, COUNT_WORDS, FULL_TEMPLATES, PARTIAL_TEMPLATES
 from clipstore.warehouse.errors import InputError
 
 CAPTION_STREAM, CLASSIFICATION_STREAM, SPLIT_STREAM = 0, 1, 2
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 CLASSIFICATION_FRACTION = 0.2
-CAPTIONS_PER_IMAGE = 5
+DOMAINS = synth_domains.DOMAINS
 
 
 class SceneClass(NamedTuple):
@@ -49,16 +55,6 @@ SCENES = {  # the class name is the folder name of the classification set
 COLOURS = {"red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (245, 225, 40), "white": (250, 250, 250),
            "black": (15, 15, 15), "blue": (30, 70, 230), "purple": (150, 50, 200)}
 SHAPES = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
-COUNT_WORDS = {1: ("a", "one"), 2: ("two", "2"), 3: ("three", "3"), 4: ("four", "4")}
-# The first caption always names the scene and every object: ingest puts it in the shards' `txt`.
-FULL_TEMPLATES = ("an aerial view of {a_scene} with {objects}", "{objects} lying near {a_scene}",
-                  "{a_scene} seen from above where there {be} {objects}",
-                  "a satellite image of {a_scene} containing {objects}", "in this {scene} there {be} {objects}")
-PARTIAL_TEMPLATES = ("an aerial photo of {a_scene}", "{a_scene} seen from above", "there {be} {objects} in this image",
-                     "top view of {objects}", "{a_scene} with {some_objects}",
-                     "a remote sensing image showing {some_objects}")
-
-
 @dataclass(frozen=True)
 class Thing:
     colour: str
@@ -191,45 +187,37 @@ def render(rng: np.random.Generator, facts: Scene, size: int) -> bytes:
     return buf.getvalue()
 
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def _group_phrase(rng: np.random.Generator, count: int, colour: str, shape: str) -> str:
-    number = COUNT_WORDS[count][rng.integers(2)]
-    if number == "a":
-        number = _article(colour)
-    return f"{number} {colour} {shape if count == 1 else SHAPES[shape]}"
-
-
 def captions(rng: np.random.Generator, facts: Scene) -> list[str]:
-    """Five captions in RSICD style (lower case, ending " ."): one full, four sampled partial or full."""
-    groups = facts.groups()
-    templates = [FULL_TEMPLATES[rng.integers(len(FULL_TEMPLATES))]]
-    rest = [t for t in FULL_TEMPLATES + PARTIAL_TEMPLATES if t != templates[0]]
-    templates += [rest[i] for i in rng.choice(len(rest), CAPTIONS_PER_IMAGE - 1, replace=False)]
-    out = []
-    for template in templates:
-        synonyms = SCENES[facts.scene].synonyms
-        scene = synonyms[rng.integers(len(synonyms))]
-        phrases = [_group_phrase(rng, *g) for g in groups]
-        text = template.format(scene=scene, a_scene=f"{_article(scene)} {scene}",
-                               be="is" if groups[0][0] == 1 else "are", objects=" and ".join(phrases),
-                               some_objects=phrases[rng.integers(len(phrases))])
-        out.append(f"{text} .")
-    return out
+    """Five captions in RSICD style with this corpus's words (one word per shape)."""
+    return synth_text.captions(rng, facts.groups(), SCENES[facts.scene].synonyms,
+                               {shape: ((shape, plural),) for shape, plural in SHAPES.items()})
 
 
-def generate(seed: int, stream: int, index: int, size: int) -> tuple[Scene, bytes, list[str]]:
+def _domain_code(domain: str | None) -> list[int]:
+    """What a domain adds to every seed: nothing for the default corpus (its files stay as they were)."""
+    return [] if domain is None else [1 + DOMAINS.index(domain)]
+
+
+def classes(domain: str | None = None) -> list[str]:
+    return list(SCENES) if domain is None else list(synth_domains.SCENE_TERRAINS)
+
+
+def generate(seed: int, stream: int, index: int, size: int, domain: str | None = None):
     """Facts, PNG bytes and captions of one image, from its own Generator."""
-    rng = np.random.default_rng([seed, stream, index])
-    facts = scene_facts(rng, list(SCENES)[index % len(SCENES)], size)  # classes take turns: balanced
-    return facts, render(rng, facts, size), captions(rng, facts)
+    rng = np.random.default_rng([seed, stream, index, *_domain_code(domain)])
+    scene = classes(domain)[index % len(classes(domain))]  # classes take turns: balanced
+    if domain is None:
+        facts = scene_facts(rng, scene, size)
+        return facts, render(rng, facts, size), captions(rng, facts)
+    facts = synth_domains.scene_facts(rng, scene, size)
+    return (facts, synth_domains.render(rng, facts, size, domain),
+            synth_text.captions(rng, facts.groups(), synth_domains.SYNONYMS[domain][scene],
+                                synth_domains.SHAPE_WORDS[domain]))
 
 
-def split_of(seed: int, n_images: int) -> list[str]:
+def split_of(seed: int, n_images: int, domain: str | None = None) -> list[str]:
     """Split per image index: a seeded permutation cut 80/10/10."""
-    order = np.random.default_rng([seed, SPLIT_STREAM]).permutation(n_images)
+    order = np.random.default_rng([seed, SPLIT_STREAM, *_domain_code(domain)]).permutation(n_images)
     n_train, n_val = round(n_images * SPLIT_FRACTIONS["train"]), round(n_images * SPLIT_FRACTIONS["val"])
     splits = [""] * n_images
     for rank, i in enumerate(order):
@@ -237,51 +225,91 @@ def split_of(seed: int, n_images: int) -> list[str]:
     return splits
 
 
+def corpus_names(domain: str | None = None) -> dict[str, str]:
+    """The corpus names `clipstore ingest` gives the two folders of a synth output."""
+    base = "synth" if domain is None else f"synth_{domain}"
+    return {"captions": base, "classification": f"{base}_cls"}
+
+
 FORMAT_VERSION = 2   # bump when the files written for the same spec change (2: entries carry "class")
+DOMAIN_VERSION = 1   # the same for the styled domains' drawing
 
 
-def spec(seed: int, n_images: int, size: int) -> dict:
-    return {"dataset": "synth", "format_version": FORMAT_VERSION, "seed": seed, "size": size, "n_images": n_images,
-            "n_classification": max(len(SCENES), round(n_images * CLASSIFICATION_FRACTION)),
-            "streams": {"captions": CAPTION_STREAM, "classification": CLASSIFICATION_STREAM, "split": SPLIT_STREAM},
-            "splits": SPLIT_FRACTIONS, "captions_per_image": CAPTIONS_PER_IMAGE,
-            "classes": {k: {"synonyms": list(v.synonyms), "avoid_colours": list(v.avoid_colours)}
-                        for k, v in SCENES.items()},
-            "colours": {k: list(v) for k, v in COLOURS.items()}, "shapes": SHAPES,
-            "count_words": {str(k): list(v) for k, v in COUNT_WORDS.items()},
-            "templates": {"full": list(FULL_TEMPLATES), "partial": list(PARTIAL_TEMPLATES)}}
+def default_classification(n_images: int) -> int:
+    return max(len(SCENES), round(n_images * CLASSIFICATION_FRACTION))
 
 
-def is_current(directory: str | Path, *, seed: int = 0, n_images: int = 2000, size: int = 64) -> bool:
-    """Whether DIR holds what `write_synthetic` with these arguments writes now."""
-    path = Path(directory) / "synth.json"
+def spec(seed: int, n_images: int, size: int, domain: str | None = None, n_classification: int | None = None) -> dict:
+    common = {"dataset": "synth", "format_version": FORMAT_VERSION, "seed": seed, "size": size, "n_images": n_images,
+              "n_classification": default_classification(n_images) if n_classification is None else n_classification,
+              "streams": {"captions": CAPTION_STREAM, "classification": CLASSIFICATION_STREAM,
+                          "split": SPLIT_STREAM},
+              "splits": SPLIT_FRACTIONS, "captions_per_image": CAPTIONS_PER_IMAGE}
+    grammar = {"count_words": {str(k): list(v) for k, v in COUNT_WORDS.items()},
+               "templates": {"full": list(FULL_TEMPLATES), "partial": list(PARTIAL_TEMPLATES)}}
+    if domain is None:
+        return {**common,
+                "classes": {k: {"synonyms": list(v.synonyms), "avoid_colours": list(v.avoid_colours)}
+                            for k, v in SCENES.items()},
+                "colours": {k: list(v) for k, v in COLOURS.items()}, "shapes": SHAPES, **grammar}
+    style = synth_domains.STYLES[domain]
+    return {**common, "domain": domain, "domain_version": DOMAIN_VERSION, "corpora": corpus_names(domain),
+            "classes": {k: {"synonyms": list(synth_domains.SYNONYMS[domain][k]), "terrains": list(terrains)}
+                        for k, terrains in synth_domains.SCENE_TERRAINS.items()},
+            "terrains": {k: {"avoid_colours": list(v)} for k, v in synth_domains.AVOID_COLOURS.items()},
+            "colours": {k: list(v) for k, v in style.colours.items()},
+            "shapes": {shape: words[0][1] for shape, words in synth_domains.SHAPE_WORDS[domain].items()},
+            "shape_words": {shape: [list(w) for w in words]
+                            for shape, words in synth_domains.SHAPE_WORDS[domain].items()},
+            "style": {k: v for k, v in vars(style).items() if k != "colours"}, **grammar}
+
+
+def read_spec(directory: str | Path) -> dict | None:
+    """DIR/synth.json, or None where DIR holds no synth output."""
     try:
-        return json.loads(path.read_text()) == json.loads(json.dumps(spec(seed, n_images, size)))
+        info = json.loads((Path(directory) / "synth.json").read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    return info if isinstance(info, dict) and info.get("dataset") == "synth" else None
 
 
-def write_synthetic(directory: str | Path, *, seed: int = 0, n_images: int = 2000, size: int = 64) -> dict:
+def is_current(directory: str | Path, *, seed: int = 0, n_images: int = 2000, size: int = 64,
+               domain: str | None = None, n_classification: int | None = None) -> bool:
+    """Whether DIR holds what `write_synthetic` with these arguments writes now."""
+    want = json.loads(json.dumps(spec(seed, n_images, size, domain, n_classification)))
+    return read_spec(directory) == want
+
+
+def write_synthetic(directory: str | Path, *, seed: int = 0, n_images: int = 2000, size: int = 64,
+                    domain: str | None = None, n_classification: int | None = None) -> dict:
     """Write DIR/captions (Karpathy JSON + images), DIR/classification/<class>/, DIR/synth.json and
-    DIR/facts.jsonl (ground truth per captioned image). Returns a summary with counts and seconds."""
+    DIR/facts.jsonl (ground truth per captioned image). `domain`: None for the default corpus,
+    "source" or "target" for a styled domain. `n_classification`: images of the classification
+    set (default 20 % of n_images, at least one per class). Returns a summary with counts and seconds."""
     started = time.monotonic()
     directory = Path(directory)
+    if domain is not None and domain not in DOMAINS:
+        raise InputError(f"unknown synth domain {domain!r}", fix=f"use one of: {', '.join(DOMAINS)}")
     if n_images < 10:
         raise InputError(f"--images {n_images} is too few", fix="use at least 10 so that every split has images")
+    if n_classification is not None and n_classification < len(SCENES):
+        raise InputError(f"--classification-images {n_classification} is too few",
+                         fix=f"use at least {len(SCENES)}, one image per class")
     if size < 32:
         raise InputError(f"--size {size} is too small to draw shapes", fix="use --size 32 or more")
     if directory.exists() and any(directory.iterdir()) and not (directory / "synth.json").is_file():
         raise InputError(f"{directory} exists and is not a synth output", where=str(directory),
                          fix="choose a new or empty folder; a previous `clipstore synth` output is replaced")
-    info = spec(seed, n_images, size)
+    info = spec(seed, n_images, size, domain, n_classification)
+    names = classes(domain)
     # Build beside the target and swap in at the end: no half-written or stale files ever show.
     tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "captions" / "images").mkdir(parents=True)
-    splits, entries, facts_lines = split_of(seed, n_images), [], []
-    caption_classes = dict.fromkeys(SCENES, 0)
+    splits, entries, facts_lines = split_of(seed, n_images, domain), [], []
+    caption_classes = dict.fromkeys(names, 0)
     for i in range(n_images):
-        facts, png, texts = generate(seed, CAPTION_STREAM, i, size)
+        facts, png, texts = generate(seed, CAPTION_STREAM, i, size, domain)
         filename = f"{i}.png"
         (tmp / "captions" / "images" / filename).write_bytes(png)
         sentids = [i * CAPTIONS_PER_IMAGE + k for k in range(CAPTIONS_PER_IMAGE)]
@@ -290,13 +318,14 @@ def write_synthetic(directory: str | Path, *, seed: int = 0, n_images: int = 200
                         "sentences": [{"raw": raw, "tokens": [w for w in raw.split() if w != "."], "imgid": i,
                                        "sentid": sid} for raw, sid in zip(texts, sentids)]})
         caption_classes[facts.scene] += 1
+        terrain = {} if domain is None else {"terrain": facts.terrain}
         facts_lines.append(json.dumps({"filename": filename, "split": splits[i], "class": facts.scene,
-                                       "groups": facts.groups()}))
+                                       **terrain, "groups": facts.groups()}))
     (tmp / "captions" / "dataset.json").write_text(json.dumps({"images": entries, "dataset": "synth"}))
     (tmp / "facts.jsonl").write_text("\n".join(facts_lines) + "\n")
-    per_class = dict.fromkeys(SCENES, 0)
+    per_class = dict.fromkeys(names, 0)
     for i in range(info["n_classification"]):
-        facts, png, _ = generate(seed, CLASSIFICATION_STREAM, i, size)
+        facts, png, _ = generate(seed, CLASSIFICATION_STREAM, i, size, domain)
         (tmp / "classification" / facts.scene).mkdir(parents=True, exist_ok=True)
         (tmp / "classification" / facts.scene / f"{i}.png").write_bytes(png)
         per_class[facts.scene] += 1
@@ -304,11 +333,14 @@ def write_synthetic(directory: str | Path, *, seed: int = 0, n_images: int = 200
     if directory.exists():
         shutil.rmtree(directory)
     tmp.rename(directory)
-    return {"dir": str(directory), "seed": seed, "size": size, "spec": str(directory / "synth.json"),
+    seconds = time.monotonic() - started
+    return {"dir": str(directory), "seed": seed, "size": size, "domain": domain, "spec": str(directory / "synth.json"),
+            "corpora": corpus_names(domain),
             "captions": {"path": str(directory / "captions"), "images": n_images,
                          "captions": n_images * CAPTIONS_PER_IMAGE,
                          "splits": {s: splits.count(s) for s in SPLIT_FRACTIONS},
                          "classes": caption_classes},
             "classification": {"path": str(directory / "classification"), "images": info["n_classification"],
                                "classes": per_class},
-            "seconds": round(time.monotonic() - started, 3)}
+            "seconds": round(seconds, 3),
+            "images_per_second": round((n_images + info["n_classification"]) / max(seconds, 1e-9), 1)}
