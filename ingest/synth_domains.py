@@ -81,14 +81,16 @@ STYLES = {
         colours={"red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (245, 225, 40),
                  "white": (250, 250, 250), "black": (15, 15, 15), "blue": (30, 70, 230), "purple": (150, 50, 200)},
         grain=8.0, mottle=0.0, outline=None, blur=0.0, haze=0.0),
-    # another sensor: false-colour-like palette (vegetation reddish, water dark), blotchy soft
-    # ground, pale roads, outlined objects in slightly different shades
+    # another sensor in another season: a duller palette part-way to false colour (vegetation
+    # olive-brown, water greyer, roads pale), blotchy soft ground under a light haze, outlined objects
+    # in slightly different shades. How far the palette moves sets how much a source-trained model
+    # still recognises: measured as in docs/ingest.md#synth.
     "target": Style(
-        terrain={"grass": (160, 82, 92), "soil": (128, 118, 138), "sand": (186, 196, 204), "snow": (244, 238, 226)},
-        water=(22, 34, 62), road=(176, 170, 160), marking=(60, 60, 70),
-        crops=((190, 70, 90), (130, 50, 70), (210, 150, 150)), crown=(110, 30, 48),
-        roofs=((80, 140, 170), (190, 190, 200), (60, 100, 130)), paved=(160, 156, 150), tank=(120, 130, 150),
-        plane=(40, 40, 50),
+        terrain={"grass": (131, 123, 80), "soil": (141, 120, 108), "sand": (203, 194, 166), "snow": (233, 233, 233)},
+        water=(33, 66, 126), road=(123, 121, 120), marking=(165, 165, 166),
+        crops=((166, 139, 78), (106, 98, 55), (204, 168, 114)), crown=(63, 59, 42),
+        roofs=((137, 104, 104), (166, 166, 173), (96, 76, 82)), paved=(141, 139, 138), tank=(183, 187, 195),
+        plane=(160, 160, 164),
         colours={"red": (200, 45, 45), "orange": (230, 150, 40), "yellow": (230, 230, 70),
                  "white": (240, 240, 240), "black": (30, 30, 30), "blue": (45, 90, 215), "purple": (140, 65, 185)},
         grain=3.0, mottle=18.0, outline=(20, 20, 20), blur=0.8, haze=0.12),

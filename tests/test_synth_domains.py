@@ -130,16 +130,25 @@ def test_class_is_much_less_readable_from_colours_than_in_the_plain_corpus(domai
         y = np.array([classes.index(f["class"]) for f in facts])
         train = np.array([e["split"] == "train" for e in entries])
         accuracy = nearest_centroid_accuracy(x, y, train)
-        assert 0.15 < accuracy < 0.7, (domain, accuracy)   # the plain corpus: 1.0 (test_synth.py)
+        assert 0.15 < accuracy < 0.7, (domain, accuracy)   # measured 0.43 / 0.24 (seed 4); plain corpus: 1.0
+
+
+def style_features(path: Path) -> tuple[float, float]:
+    """(sharpness: median |difference| of neighbouring pixels, median saturation)."""
+    image = Image.open(path)
+    rgb = np.asarray(image.convert("RGB"), float)
+    return float(np.median(np.abs(np.diff(rgb, axis=1)))), float(np.median(np.asarray(image.convert("HSV"))[..., 1]))
 
 
 def test_domains_differ_in_style(domains):
-    """A colour histogram tells the domain of an image almost always."""
-    paths = [domains[d][0] / "captions" / "images" / e["filename"] for d in synth.DOMAINS for e in domains[d][3]]
-    x = colour_histograms(paths)
+    """The target is softer and duller; those two numbers alone tell most images' domain."""
+    x = np.array([style_features(domains[d][0] / "captions" / "images" / e["filename"])
+                  for d in synth.DOMAINS for e in domains[d][3]])
     y = np.repeat([0, 1], N_IMAGES)
+    assert (x[y == 0].mean(0) > x[y == 1].mean(0)).all()
     train = np.random.default_rng(0).random(len(y)) < 0.5
-    assert nearest_centroid_accuracy(x, y, train) > 0.95
+    accuracy = nearest_centroid_accuracy((x - x.mean(0)) / x.std(0), y, train)
+    assert accuracy > 0.8, accuracy   # measured 0.89 (seed 4); palette, outlines and words differ besides
 
 
 def test_objects_are_drawn_in_the_colour_the_facts_say(domains):
