@@ -7,7 +7,7 @@ STORE  ?= store
 DATA   ?= ../shared/data
 CLI    := $(BIN)/clipstore --store $(STORE)
 
-.PHONY: venv demo test test-fast lint ingest mine embed pixels eval train bench gauntlet clean
+.PHONY: venv demo test test-fast lint ingest mine embed pixels pseudolabel eval train bench gauntlet clean
 
 venv: $(STAMP)
 	@echo "venv: $(VENV) is up to date with pyproject.toml (run commands as $(BIN)/clipstore, or after: source $(BIN)/activate)"
@@ -46,6 +46,8 @@ embed: ingest
 
 pixels: ingest
 	$(CLI) project pixels --data $(DATA)
+pseudolabel: mine
+	$(CLI) project pseudolabel --data $(DATA)
 
 MODEL ?= tiny-vit
 eval: embed
@@ -66,6 +68,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pixels.py
 	$(BIN)/python bench/knn.py
 	$(BIN)/python bench/eval.py
+	$(BIN)/python bench/pseudolabel.py
 
 gauntlet: $(STAMP)
 	$(BIN)/python bench/gauntlet.py

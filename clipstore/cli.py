@@ -225,10 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: off, a fresh selection over the corpora as they are)")
     s.set_defaults(func=cmd_split)
 
-    from clipstore import (cli_eval, cli_export, cli_features, cli_mining, cli_show, cli_store, cli_train, demo,
-                           project)
+    from clipstore import (cli_eval, cli_export, cli_features, cli_mining, cli_pseudolabel, cli_show, cli_store,
+                           cli_train, demo, project)
     cli_mining.add_parsers(sub)
     cli_features.add_parsers(sub)
+    cli_pseudolabel.add_parsers(sub)
     cli_store.add_parsers(sub)
     cli_export.add_parsers(sub)
     cli_eval.add_parsers(sub)

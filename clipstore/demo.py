@@ -3,7 +3,8 @@
 Ingests the project's corpora (clipstore.toml: the real data) and a synthetic learnable corpus,
 builds the configured splits, mines the configured vocabularies, caches embeddings with a small
 registered model (no pretrained weights exist on these machines), builds the kNN graph and the
-near-duplicate audit, then prints a summary and answers from the store's SQL. Every step is
+near-duplicate audit, pseudo-labels the synthetic corpus's unlabeled images (nn, soft NN, OT,
+keyword sets, each with its audit line), then prints a summary and answers from the store's SQL. Every step is
 incremental: a re-run prints "up to date" for each artifact and recomputes nothing."""
 
 from __future__ import annotations
@@ -101,6 +102,37 @@ def features_and_mining(store, project, quiet: bool = False, wait: bool = False)
             sys.stdout.write(render(session.query(sql, bind(sql, REAL_STORE))))
 
 
+PSEUDOLABEL_SQL = """SELECT producer, count(*) AS images, round(avg(confidence), 3) AS mean_confidence,
+               round(avg(entropy), 3) AS mean_entropy, any_value(embeddings_ids[1]) AS from_embeddings
+        FROM pseudo_captions WHERE split_id = $split GROUP BY producer ORDER BY producer"""
+
+
+def pseudolabel_step(store, quiet: bool = False, wait: bool = False) -> list:
+    """Pseudo-labels of synth's unlabeled images (a 10 % labeled split), each with its audit line
+    against the classes and captions the corpus still holds."""
+    from clipstore.cli_pseudolabel import audit_line
+    from clipstore.features.models import ModelSpec
+    from clipstore.features.pseudolabels.keywords import keyword_labels
+    from clipstore.features.pseudolabels.nn import nearest_labels
+    from clipstore.features.pseudolabels.ot import transport_labels
+    from clipstore.ingest.splits import make_split
+    from clipstore.warehouse.sql import query, render
+    print("\n-- pseudo-labels of synth's unlabeled images (tiny-vit, random init), audited against the corpus")
+    split = make_split(store, "synth_10", corpora=["synth"], labeled_ratio=0.1, seed=0, wait=wait)
+    _report(split)
+    model, top = ModelSpec("tiny-vit"), min(5, split.counts["labeled"])
+    common = {"split": split.name, "model": model, "progress": not quiet, "wait": wait}
+    arts = [nearest_labels(store, **common), nearest_labels(store, soft=True, top=top, **common),
+            transport_labels(store, top=top, **common)]
+    arts.append(keyword_labels(store, source=arts[-1].artifact_id, vocab="keywords.synth", wait=wait))
+    for art in arts:
+        _report(art)
+        print(f"   audit {art.stats.get('producer')}: {audit_line(art.stats.get('audit'))}")
+    print(f"\n-- Pseudo-labels per producer (clipstore sql)\n{PSEUDOLABEL_SQL}")
+    sys.stdout.write(render(query(store, PSEUDOLABEL_SQL, {"split": split.artifact_id})))
+    return arts
+
+
 def evaluation_step(store, quiet: bool = False, wait: bool = False) -> None:
     """The synth suite (zero-shot on synth_cls, retrieval on synth's val split) from the cache,
     and its report: Markdown + plots in the run's folder."""
@@ -150,6 +182,7 @@ def run(store_dir: str | None, data: str | None, synth_dir: Path, quiet: bool = 
     ingest_step(store, project, synth_dir, synth_images=synth_images, quiet=quiet, wait=wait)
     ask(store)
     features_and_mining(store, project, quiet, wait=wait)
+    pseudolabel_step(store, quiet, wait=wait)
     evaluation_step(store, quiet, wait=wait)
     print(f"\n== done in {time.monotonic() - t0:.1f}s; {closing_hint(store.root)}")
 

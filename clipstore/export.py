@@ -17,13 +17,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from clipstore.data import Selection, select
 from clipstore.warehouse import fs
 from clipstore.warehouse.errors import ClipstoreError, InputError
 from clipstore.warehouse.hashing import digest
 from clipstore.warehouse.shards import BlockWriter, sample_blocks
 from clipstore.warehouse.store import Store
+
+if TYPE_CHECKING:   # clipstore.data imports torch; the CLI reads this module's defaults at start-up
+    from clipstore.data import Selection
 
 DEFAULT_SHARD_SIZE = 1000
 FORMAT = "openclip-webdataset-1"
@@ -56,6 +59,7 @@ def export_openclip(store: Store | str | Path, out: str | Path, *, split: str | 
         raise InputError(f"--shard-size {shard_size!r} must be a positive number of samples",
                          fix=f"e.g. --shard-size {DEFAULT_SHARD_SIZE}")
     out = Path(out).absolute()
+    from clipstore.data import select
     selection = select(store, split=split, role=role, corpus=corpus)
     if not selection.samples:
         raise InputError(f"{selection.label} has no sample with a stored image to export",

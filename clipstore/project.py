@@ -65,7 +65,27 @@ def _train_schema() -> dict[str, str]:
 
 TRAIN = _train_schema()
 TABLES = {"data": "[data]", "corpus": "[[corpus]]", "split": "[[split]]", "mine": "[[mine.*]]", "embed": "[[embed]]",
-          "pixels": "[[pixels]]", "train": "[[train]]"}
+          "pixels": "[[pixels]]", "train": "[[train]]", "pseudolabel": "[[pseudolabel.*]]"}
+# [[pseudolabel.<producer>]]: the keyword arguments of the producer's verb (PSEUDOLABEL_VERBS),
+# the model spec inline as in [[embed]]; entries run in this order (keywords read nn / ot by name)
+_VECTORS = {**MODEL_KEYS, "split": "str!", "embeddings": "list[str]", "logit_scale": "float", "name": "str",
+            "batch_size": "int", "workers": "int"}
+PSEUDOLABEL = {
+    "nn": {**_VECTORS, "soft": "bool", "top": "int"},
+    "ot": {**_VECTORS, "top": "int", "epsilon": "float", "iters": "int", "solver": "str", "memory": "int"},
+    "keywords": {"source": "str!", "vocab": "str!", "one_caption": "int", "name": "str"},
+    "classes": {**{k: v for k, v in _VECTORS.items() if k != "logit_scale"}, "k": "int", "method": "str"},
+    "concepts": {**_VECTORS, "vocab": "str!", "concept_embeddings": "str", "top": "int"},
+    "propagate": {**MODEL_KEYS, "corpus": "str!", "embeddings": "list[str]", "class_embeddings": "str",
+                  "templates": "str", "k": "int", "alpha": "float", "iterations": "int", "name": "str",
+                  "batch_size": "int", "workers": "int"},
+}
+PSEUDOLABEL_VERBS = {"nn": "clipstore.features.pseudolabels.nn:nearest_labels",
+                     "ot": "clipstore.features.pseudolabels.ot:transport_labels",
+                     "keywords": "clipstore.features.pseudolabels.keywords:keyword_labels",
+                     "classes": "clipstore.features.pseudolabels.classes:classes",
+                     "concepts": "clipstore.features.pseudolabels.concepts:concepts",
+                     "propagate": "clipstore.features.pseudolabels.propagate:label_propagation"}
 
 
 @dataclass
@@ -78,6 +98,7 @@ class Project:
     pixels: list[dict] = None   # keyword arguments of features.pixels.cache_pixels, the model spec inline
     config: Path = DEFAULT_CONFIG
     train: list[dict] = field(default_factory=list)   # fields of train.config.TrainConfig
+    pseudolabel: dict = field(default_factory=dict)   # {"nn": [...], "ot": [...], ...}: keyword arguments
 
 
 def _unknown(key: str, known, what: str, config: Path) -> InputError:
@@ -153,6 +174,14 @@ def load(config: Path = DEFAULT_CONFIG, data_root: str | Path | None = None) -> 
               for i, e in enumerate(_entries(doc, "pixels", "[[pixels]]", config))]
     trains = [check_entry(t, TRAIN, f"[[train]] #{i + 1}", config)
               for i, t in enumerate(_entries(doc, "train", "[[train]]", config))]
+    pseudo = doc.get("pseudolabel", {})
+    if not isinstance(pseudo, dict):
+        raise InputError("pseudolabel must hold [[pseudolabel.nn]], [[pseudolabel.ot]], ... tables", where=str(config))
+    for kind in pseudo:
+        if kind not in PSEUDOLABEL:
+            raise _unknown(kind, PSEUDOLABEL, "[pseudolabel]", config)
+        for i, m in enumerate(_entries(pseudo, kind, f"[[pseudolabel.{kind}]]", config)):
+            check_entry(m, PSEUDOLABEL[kind], f"[[pseudolabel.{kind}]] #{i + 1}", config)
 
     given = data_root or os.environ.get("CLIPSTORE_DATA")  # relative to the working directory
     root = Path(given) if given else config.parent / data.get("root", ".")
@@ -163,7 +192,8 @@ def load(config: Path = DEFAULT_CONFIG, data_root: str | Path | None = None) -> 
             if kind.rstrip("!") == "path" and key in c:
                 entry[key] = root / c[key]
         resolved.append(entry)
-    return Project(root, resolved, splits, {k: list(v) for k, v in mine.items()}, embeds, pixels, config, trains)
+    return Project(root, resolved, splits, {k: list(v) for k, v in mine.items()}, embeds, pixels, config, trains,
+                   {k: list(v) for k, v in pseudo.items()})
 
 
 # ---- the stages the runner knows -----------------------------------------------------------
@@ -264,6 +294,28 @@ def _noop(art):
     return replace(art, noop=True)
 
 
+def pseudolabel_all(store, project: Project, progress: bool = True, wait: bool = False,
+                    report: Report = None) -> list:
+    """Build every configured pseudo-label artifact, producers in PSEUDOLABEL order; unchanged
+    inputs make each a no-op."""
+    import importlib
+
+    from clipstore.features.models import ModelSpec
+    artifacts = []
+    for kind, path in PSEUDOLABEL_VERBS.items():
+        module, verb = path.split(":")
+        fn = getattr(importlib.import_module(module), verb)
+        for options in project.pseudolabel.get(kind, []):
+            options = dict(options)
+            if "model" in PSEUDOLABEL[kind]:
+                spec = {k: options.pop(k) for k in MODEL_KEYS if k in options}
+                options["model"] = ModelSpec(**spec) if spec else None
+                options["progress"] = progress
+            artifacts.append(fn(store, wait=wait, **options))
+            _done(report, artifacts[-1])
+    return artifacts
+
+
 @dataclass(frozen=True)
 class ProjectStage:
     run: Callable[..., list]
@@ -278,6 +330,8 @@ STAGES = {
     "embed": ProjectStage(embed_all, "cache every [[embed]] entry's embeddings"),
     "pixels": ProjectStage(pixels_all, "fill every [[pixels]] entry's pixel cache"),
     "train": ProjectStage(train_all, "train every [[train]] entry (options of `clipstore train`)"),
+    "pseudolabel": ProjectStage(pseudolabel_all, "build every [[pseudolabel.*]] entry (nn, ot, keywords, classes, "
+                                                 "concepts, propagate)"),
 }
 
 

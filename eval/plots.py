@@ -87,3 +87,22 @@ def confusion_matrix(title: str, names: list[str], counts: np.ndarray) -> bytes:
                             color="white" if share[t, p] > 60 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of the true class")
     return _png(fig)
+
+
+def calibration_curves(curves: dict[str, list[tuple[float, float, int]]]) -> bytes:
+    """curves[label] = [(mean confidence, accuracy or precision, rows)] per confidence bin: one line
+    per label, marker area by rows, and the diagonal of perfect calibration."""
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for label, points in sorted(curves.items()):
+        x, y, n = zip(*sorted(points))
+        line, = ax.plot(x, y, marker="", label=label)
+        ax.scatter(x, y, s=[10 + 90 * k / max(n) for k in n], color=line.get_color())
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (bin mean)")
+    ax.set_ylabel("accuracy / precision in the bin")
+    ax.set_title("Pseudo-labels: accuracy against confidence")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    return _png(fig)

@@ -47,6 +47,36 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines
 
 
+def _calibration_section(store: Store, run, files: dict, plots) -> list[str]:
+    """Accuracy against confidence of the store's current pseudo-label artifacts (their audit's
+    `pseudo_calibration` rows) for the corpora this run evaluated, one curve per artifact and metric."""
+    from clipstore.warehouse.sql import Session
+    corpora = sorted({t.get("corpus") for t in run.params.get("tasks") or [] if t.get("corpus")}) or None
+    with Session(store) as session:
+        tables = session.tables()
+        if not {"pseudo_calibration", "pseudo_captions"} <= tables:
+            return ["Pseudo-label accuracy against confidence: no pseudo-label artifacts in the store yet.", ""]
+        of_corpora = "SELECT artifact_id FROM pseudo_captions WHERE list_contains($corpora, corpus)"
+        if "pseudo_keywords" in tables:     # keyword sets belong to the corpora of their upstream rows
+            of_corpora += (" UNION SELECT k.artifact_id FROM pseudo_keywords k JOIN pseudo_captions p "
+                           "ON p.artifact_id = k.source_id WHERE list_contains($corpora, p.corpus)")
+        rows = session.query(
+            "SELECT c.artifact_id, c.producer, c.metric, c.mean_confidence, c.value, c.n, a.name "
+            "FROM pseudo_calibration c JOIN artifacts a USING (artifact_id) "
+            f"WHERE $corpora IS NULL OR c.artifact_id IN ({of_corpora}) ORDER BY a.name, c.metric, c.bin",
+            {"corpora": corpora}).to_pylist()
+    if not rows:
+        return ["Pseudo-label accuracy against confidence: no pseudo-label artifacts for these corpora yet.", ""]
+    curves: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
+    for r in rows:
+        curves[f"{r['name']} ({r['metric']})"].append((r["mean_confidence"], r["value"], r["n"]))
+    files["pseudolabel_calibration.png"] = plots.calibration_curves(curves)
+    return ["## Pseudo-labels: accuracy against confidence", "",
+            "From the audit of each current pseudo-label artifact (`pseudo_calibration`): the metric per "
+            "confidence bin against the bin's mean confidence; the diagonal is perfect calibration.", "",
+            "![pseudo-label calibration](pseudolabel_calibration.png)", ""]
+
+
 def write_report(store: Store, ref: str, wait: bool = False) -> Report:
     from clipstore.eval import plots   # matplotlib only when a report is drawn
     run = evaluation_run(store, ref)
@@ -114,7 +144,7 @@ def write_report(store: Store, ref: str, wait: bool = False) -> Report:
     skipped = run.stats.get("skipped") or []
     if skipped:
         md += ["## Not evaluated", ""] + [f"- {label}: {why}" for label, why in skipped] + [""]
-    md += ["Pseudo-label accuracy against confidence: no pseudo-label artifacts exist for these corpora yet.", ""]
+    md += _calibration_section(store, run, files, plots)
     with store.writing(wait=wait):
         for name, data in files.items():
             fs.atomic_write_bytes(out_dir / name, data)

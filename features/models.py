@@ -262,7 +262,9 @@ def resolve_weights(spec: ModelSpec) -> Weights:
     unknown = sorted(set(overrides) - set(_PREPROCESS_KEYS))
     if unknown:
         raise InputError(f"unknown preprocessing option(s) {unknown}", fix=f"use {', '.join(_PREPROCESS_KEYS)}")
-    return Weights(arch, state, source, overrides, bool(pretrained_cfg.get("quick_gelu", False)))
+    # QuickGELU comes with OpenAI's weights; a checkpoint trained from them records it in its config
+    quick_gelu = bool(pretrained_cfg.get("quick_gelu", False) or (ckpt_config or {}).get("quick_gelu", False))
+    return Weights(arch, state, source, overrides, quick_gelu)
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:

@@ -289,3 +289,77 @@ def ucm_split_store(root: Path, shared: Path):
            shard_size=200, workers=1, progress=False)
     make_split(store, "u30", corpora=["ucm_captions"], labeled_ratio=0.3, seed=0)
     return store
+
+
+# --------------------------------------------------------------------------- pseudo-label stores
+
+def synth_split_store(root: Path, n_images: int = 120, labeled_ratio: float = 0.35, size: int = 32):
+    """A store holding the synthetic corpus (`clipstore synth`: n_images captioned scenes of 10
+    classes, 5 captions each, train/val/test 80/10/10) as corpus `synth` and a split `s` of its
+    train images (labeled_ratio labeled, seed 0). Returns (store, synth folder)."""
+    from clipstore.ingest.pipeline import ingest
+    from clipstore.ingest.splits import make_split
+    from clipstore.ingest.synth import write_synthetic
+    from clipstore.warehouse.store import Store
+    folder = root / "synth"
+    write_synthetic(folder, seed=0, n_images=n_images, size=size)
+    store = Store(root / "store")
+    ingest(store, "karpathy", folder / "captions", name="synth", workers=1, progress=False)
+    make_split(store, "s", corpora=["synth"], labeled_ratio=labeled_ratio, seed=0)
+    return store, folder
+
+
+def corpus_images(store, corpus: str) -> list[dict]:
+    """(image_id, sample_id, class) of a corpus's images, in source order."""
+    from clipstore.warehouse.sql import query
+    return query(store, 'SELECT image_id, sample_id, "class" FROM samples WHERE corpus = $c AND has_image '
+                        "ORDER BY source_index", {"c": corpus}).to_pylist()
+
+
+def write_embeddings(store, corpus: str, vectors: dict, *, fingerprint: str, model: str = "handmade",
+                     name: str | None = None, unit: bool = False):
+    """An image embeddings artifact written by hand, as embed would: `vectors` maps image_id ->
+    vector (every image of the corpus it covers); `unit=True` stores them as given (NaN kept),
+    else they are L2-normalised (and NaN refused) like model outputs. Returns the artifact."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from clipstore.features.vectors import EMBEDDING_TABLES, commit_unit_vectors, commit_vectors
+    params = {"fingerprint": fingerprint, "tower": "image", "modality": "image", "corpus": corpus, "vocab": None,
+              "views": None}
+    with store.writing():
+        builder = store.produce(kind="embeddings", name=name or f"{corpus}.image.{model}", stage="embed", version=1,
+                                params=params, tables=EMBEDDING_TABLES, reuse=False)
+        held = set()
+        for _, _table, path in builder.committed_parts("embedding_items"):   # grows like embed: new items only
+            held |= set(pq.read_table(str(path), columns=["item_id"]).column("item_id").to_pylist())
+        rows, matrix = [], []
+        for img in corpus_images(store, corpus):
+            if img["image_id"] in vectors and img["image_id"] not in held:
+                rows.append({"item_id": img["image_id"], "modality": "image", "view": 0, "corpus": corpus,
+                             "sample_id": img["sample_id"], "text": None})
+                matrix.append(np.asarray(vectors[img["image_id"]], dtype=np.float32))
+        if rows:
+            matrix = np.stack(matrix)
+            part = builder.next_part()
+            if unit:
+                commit_unit_vectors(builder, part, rows, matrix.astype(np.float16), np.ones(len(rows), np.float32),
+                                    model=model, fingerprint=fingerprint)
+            else:
+                commit_vectors(builder, part, rows, matrix, model=model, fingerprint=fingerprint)
+        dim = len(next(iter(vectors.values())))
+        return builder.finish({"vectors": len(held) + len(rows), "dim": dim},
+                              {"fingerprint": fingerprint, "model": model, "model_fingerprint": f"{fingerprint}-model"},
+                              noop=not rows)
+
+
+def class_vectors(store, corpus: str, *, shuffle_seed: int | None = None) -> dict:
+    """image_id -> the one-hot vector of its class (classes in sorted order); with `shuffle_seed`,
+    the same vectors dealt to the images in a seeded random order (class information destroyed)."""
+    import numpy as np
+    images = corpus_images(store, corpus)
+    classes = sorted({i["class"] for i in images})
+    onehot = [np.eye(len(classes), dtype=np.float32)[classes.index(i["class"])] for i in images]
+    if shuffle_seed is not None:
+        onehot = [onehot[j] for j in np.random.default_rng(shuffle_seed).permutation(len(onehot))]
+    return {i["image_id"]: v for i, v in zip(images, onehot)}

@@ -95,3 +95,14 @@ def test_the_entry_point_runs_in_a_subprocess(tmp_path):
     assert run_cli("ls", "--store", tmp_path / "store", "-q").stdout.strip() == "(the store is empty)"
     bad = run_cli("show", "corpus:nope", "--store", tmp_path / "store", check=False)
     assert bad.returncode == 3 and "no corpus 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_building_the_parser_loads_no_torch():
+    """The lock refusal and --help must answer before torch (seconds to import) loads: no
+    subcommand module may import it at parser-build time."""
+    import subprocess
+    import sys
+    code = ("import sys, clipstore.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('torch', 'ray', 'ot') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -113,6 +113,10 @@ def test_the_whole_demo_on_small_data_and_its_rerun(project_dir):
     out = run_main(*args).stdout
     assert "vocab keywords.tiny: built" in out and "embeddings tiny.image.tiny-vit: built (vectors 12" in out
     assert "knn tiny.image.tiny-vit.knn10: built (nodes 12" in out and "near-duplicate pairs" in out
+    for producer in ("nn", "soft_nn", "ot"):
+        assert f"pseudolabels synth_10.{producer}.tiny-vit: built (pseudo_captions 22" in out
+        assert f"audit {producer}: match class acc " in out
+    assert "audit keywords: keyword precision " in out and "-- Pseudo-labels per producer" in out
     assert "== done in" in out
     assert "explore with: " in out
     again = run_main(*args).stdout

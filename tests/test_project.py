@@ -134,7 +134,8 @@ BAD = [
                                                     "keywords, classnames, concepts"]),
     ('modality = ["image", "caption"]', 'modalities = ["image"]', ["unknown key 'modalities' in [[embed]] #1",
                                                                     "did you mean 'modality'"]),
-    ('[[split]]', '[[splits]]', ["unknown key 'splits' in the project file", "data, corpus, split, mine, embed"]),
+    ('[[split]]', '[[splits]]', ["unknown key 'splits' in the project file",
+                                 "data, corpus, split, mine, embed, pixels, train, pseudolabel"]),
     ('shard_size = 8', 'shard_size = "8"', ["shard_size in [[corpus]] #1 (name 'tiny') is '8': it must be an integer"]),
     ('shard_size = 8', 'shard_size = true', ["shard_size", "is True: it must be an integer"]),
     ('corpora = ["tiny"]\nlabeled', 'corpora = "tiny"\nlabeled', ["corpora in [[split]] #1", "a list of strings"]),
@@ -200,6 +201,16 @@ def test_the_schema_follows_the_stage_apis():
     assert set(proj.MODEL_KEYS) <= {f.name for f in dataclasses.fields(ModelSpec)}
     from clipstore.train.config import TrainConfig
     assert set(proj.TRAIN) == {f.name for f in dataclasses.fields(TrainConfig)}
+    import importlib
+    assert set(proj.PSEUDOLABEL) == set(proj.PSEUDOLABEL_VERBS)
+    for kind, path in proj.PSEUDOLABEL_VERBS.items():
+        module, verb = path.split(":")
+        api = _api_keys(getattr(importlib.import_module(module), verb))
+        keys = set(proj.PSEUDOLABEL[kind])
+        if "model" in api:    # the model spec is inline, as in [[embed]]
+            assert keys - set(proj.MODEL_KEYS) == api - {"model"}, kind
+        else:
+            assert keys == api, kind
 
 
 def test_a_train_entry_is_checked_like_the_others(tmp_path):

@@ -108,3 +108,52 @@ def test_gradient_only_without_stop_gradient(problem):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         solve(torch.zeros(4, 5), **kwargs)
+
+
+def test_log_domain_fallback_equals_pot(problem):
+    from clipstore.ops.sinkhorn import _log_marginal, _solve_log
+    _, _, cost = problem
+    c = torch.tensor(cost)
+    la, lb = _log_marginal(None, (), 64, c.device, c.dtype), _log_marginal(None, (), 48, c.device, c.dtype)
+    sol = _solve_log(c, 0.01, la, lb, 10, None)
+    expected = pot(ot.bregman.sinkhorn_log, np.full(64, 1 / 64), np.full(48, 1 / 48), cost, 0.01, 10)
+    assert np.abs(sol.plan(c).numpy() - expected).max() < 1e-12
+
+
+@pytest.mark.parametrize("cache_bytes", [1 << 30, 0, 64 * 48 * 8 * 2])
+def test_global_mode_converges_like_pot_whatever_is_cached(problem, cache_bytes):
+    """Many iterations at ε = 0.01 (the scalings grow and are absorbed again) with the kernel
+    cached, recomputed, or half of it cached."""
+    u, x, cost = problem
+    expected = ot.bregman.sinkhorn_log(np.full(64, 1 / 64), np.full(48, 1 / 48), cost, 0.01, numItermax=5000,
+                                       stopThr=1e-11)
+    sol = solve(RowBlocks.cosine(torch.tensor(u), torch.tensor(x)), 0.01, iters=5000, tol=1e-11, block_rows=16,
+                cache_bytes=cache_bytes)
+    got = np.concatenate([r.numpy() for _, r in sol.rows()])
+    assert sol.marginal_error < 1e-11 and np.abs(got - expected).max() < 1e-9
+
+
+def test_global_float32_rows_normalised_like_pot(problem):
+    u, x, cost = problem
+    expected = pot(ot.sinkhorn, np.full(64, 1 / 64), np.full(48, 1 / 48), cost, 0.01, 10)
+    sol = solve(RowBlocks.cosine(torch.tensor(u, dtype=torch.float32), torch.tensor(x, dtype=torch.float32)), 0.01)
+    rows = np.concatenate([r.double().numpy() for _, r in sol.rows(normalise=True)])
+    np.testing.assert_allclose(rows.sum(axis=1), 1.0, atol=1e-6)
+    assert np.abs(rows - expected / expected.sum(axis=1, keepdims=True)).max() < 1e-4
+
+
+def test_scalings_folded_back_into_the_kernel_change_nothing(problem, monkeypatch):
+    """Force a re-absorption every few iterations (safe range |log v| < 0.5): same plans."""
+    import clipstore.ops.sinkhorn as sk
+    u, x, cost = problem
+    expected = pot(ot.sinkhorn, np.full(64, 1 / 64), np.full(48, 1 / 48), cost, 0.01, 300)
+    monkeypatch.setitem(sk._SAFE_LOG, torch.float64, 0.5)
+    calls = []
+    absorb = sk._absorb
+    monkeypatch.setattr(sk, "_absorb", lambda *a: calls.append(1) or absorb(*a))
+    sol = solve(RowBlocks.cosine(torch.tensor(u), torch.tensor(x)), 0.01, iters=300, tol=0.0, block_rows=16,
+                cache_bytes=64 * 48 * 8 * 2)
+    assert len(calls) > 3
+    assert np.abs(np.concatenate([r.numpy() for _, r in sol.rows()]) - expected).max() < 1e-12
+    dense = solve(torch.tensor(cost), 0.01, iters=300, tol=0.0)
+    assert np.abs(dense.plan(torch.tensor(cost)).numpy() - expected).max() < 1e-12

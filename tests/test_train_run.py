@@ -25,6 +25,16 @@ from clipstore.warehouse.store import Store
 TINY = {"model": "tiny-vit", "batch_size": 8, "epochs": 1, "validate": False}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """tiny-vit is too small for a second intra-op thread to pay: on a busy machine the threads'
+    synchronisation costs more than the matmuls (measured: 10x the CPU time per step)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     """40 synthetic images (32 train, 4 val, 4 test) and a half-labeled split with its keywords."""
@@ -43,11 +53,23 @@ def stand_in(synth):
     return train(synth, resolve(overrides={"method": "clip", "corpus": "synth", **TINY}), progress=False)
 
 
+def test_a_short_run_makes_a_checkpoint_that_loads_as_a_model(synth, stand_in):
+    """The fast tier's one end-to-end run (the stand-in fixture): 5 steps, a log, a model spec."""
+    from clipstore.features.checkpoint_artifacts import resolve_model_spec
+    from clipstore.features.models import ModelSpec, load_model
+    log = log_of(synth, stand_in.run.name)
+    assert [r["step"] for r in log if r["metric"] == "loss"] == [1, 2, 3, 4, 5]       # 40 images, batch 8
+    assert stand_in.run.stats["labeled_seen"] == 40 and stand_in.checkpoint.params["final"]
+    loaded = load_model(resolve_model_spec(synth, ModelSpec(stand_in.checkpoint.artifact_id)))
+    assert loaded.identity["weights_sha256"] == stand_in.checkpoint.params["weights_sha256"]
+
+
 def log_of(store, name):
     return query(store, "SELECT step, phase, metric, value, checkpoint, evaluation FROM train_log WHERE name = ? "
                         "ORDER BY step, metric", [name]).to_pylist()
 
 
+@pytest.mark.slow
 def test_clip_from_the_command_line(synth, cli):
     root = synth.root
     args = ["--store", root, "-q", "train", "--method", "clip", "--corpus", "synth", "--model", "tiny-vit",
@@ -80,8 +102,13 @@ def test_clip_from_the_command_line(synth, cli):
     assert "synth.image.tiny-vit@" in embedded
     again = cli(*args).stdout
     assert "up to date" in again and again.strip().endswith(ckpt)
+    resumed = cli("--store", root, "-q", "train", "--resume", ckpt, "--epochs", "2").stdout   # agrees: a no-op
+    assert "up to date" in resumed and resumed.strip().endswith(ckpt)
+    clash = cli("--store", root, "-q", "train", "--resume", ckpt, "--epochs", "3", check=False)
+    assert clash.returncode == 2 and "epochs: 3 given, 2 in the checkpoint" in clash.stderr
 
 
+@pytest.mark.slow
 def test_sclip_logs_each_term_and_draws_unlabeled_images(synth, stand_in):
     cfg = resolve(overrides={"method": "sclip", "split": "half", "init_from": stand_in.checkpoint.artifact_id,
                              **TINY, "batch_size": 4, "unlabeled_batch_size": 3})
@@ -110,6 +137,7 @@ PSEUDO_COLUMNS = {"artifact_id": "VARCHAR", "image_id": "VARCHAR", "matches": "V
                   "match_caption_ids": "VARCHAR[]", "confidence": "FLOAT"}
 
 
+@pytest.mark.slow
 def test_sclip_with_caption_targets_from_a_global_ot_table(synth, stand_in):
     labeled = query(synth, "SELECT s.image_id, min(c.caption_id) AS caption_id FROM splits s JOIN captions c "
                            "USING (corpus, sample_id) WHERE s.split = 'half' AND s.role = 'labeled' GROUP BY 1 "
@@ -133,6 +161,7 @@ def test_sclip_with_caption_targets_from_a_global_ot_table(synth, stand_in):
     assert targets.artifact_id in dict(synth.lineage(out.checkpoint.artifact_id))
 
 
+@pytest.mark.slow
 def test_trainable_text_reads_the_image_cache_and_embeds_only_missing_images(synth, stand_in, tmp_path):
     parent = stand_in.checkpoint.artifact_id
     distinct = query(synth, "SELECT count(DISTINCT image_id) AS n FROM images WHERE corpus = 'synth'").to_pylist()[0]
@@ -144,6 +173,11 @@ def test_trainable_text_reads_the_image_cache_and_embeds_only_missing_images(syn
     after, _ = read_checkpoint(synth.table_paths(first.checkpoint, "checkpoint")[0])
     assert weight_digests(after)[IMAGE_TOWER] == weight_digests(before)[IMAGE_TOWER]
     assert weight_digests(after)[TEXT_TOWER] != weight_digests(before)[TEXT_TOWER]
+    from clipstore.features.checkpoint_artifacts import resolve_model_spec
+    from clipstore.features.models import ModelSpec, load_model
+    fingerprints = [load_model(resolve_model_spec(synth, ModelSpec(a))).tower_fingerprints
+                    for a in (parent, first.checkpoint.artifact_id)]
+    assert fingerprints[0][IMAGE_TOWER] == fingerprints[1][IMAGE_TOWER]    # eval and embed reuse its image caches
 
     # the corpus grows (the first 40 images are the same bytes): round 2 embeds only the new ones
     write_synthetic(tmp_path / "synth", seed=0, n_images=48, size=32)

@@ -24,6 +24,16 @@ from clipstore.warehouse.errors import InputError
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """tiny-vit is too small for a second intra-op thread to pay: on a busy machine the threads'
+    synchronisation costs more than the matmuls (measured: 10x the CPU time per step)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_config_precedence_and_checks(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('method = "sclip"\nsplit = "s"\nlr = 1e-4\nepochs = 3\nval_zeroshot = ["ucm_cls"]\n')
@@ -135,3 +145,14 @@ def test_heads_adapters_fold_into_a_plain_open_clip_model(tiny):
         cached = F.normalize(plain.encode_image(pixels), dim=-1)
         base = F.normalize(model.clip.encode_image(pixels), dim=-1)
         assert torch.allclose(model.images(features=base), cached, atol=1e-5)
+
+
+def test_a_checkpoint_that_records_quick_gelu_loads_with_it(tmp_path, tiny):
+    """OpenAI's weights use QuickGELU; a checkpoint trained from them says so in its config, and the
+    model registry builds it so (else the trained RN50 would load with plain GELU)."""
+    from open_clip.model import QuickGELU
+    from clipstore.features.checkpoints import save_checkpoint
+    save_checkpoint(tmp_path / "q.safetensors", tiny.model.state_dict(), {"model": "tiny-vit", "quick_gelu": True})
+    quick = build_model(ModelSpec(checkpoint=tmp_path / "q.safetensors"))
+    assert quick.identity["config"].get("quick_gelu") and any(isinstance(m, QuickGELU) for m in quick.model.modules())
+    assert quick.text_fingerprint != tiny.text_fingerprint and not tiny.identity["config"].get("quick_gelu")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from clipstore.features.checkpoint_artifacts import checkpoint_path, find_checkpoint, resolve_model_spec
 from clipstore.features.checkpoints import read_checkpoint
-from clipstore.features.models import LoadedModel, ModelSpec, build_model
+from clipstore.features.models import _PREPROCESS_KEYS as PREPROCESS_KEYS, LoadedModel, ModelSpec, build_model
 from clipstore.train import config as configs
 from clipstore.train.data import CaptionTargets, Items, Keywords, training_items
 from clipstore.train.losses import build_method
@@ -48,8 +48,15 @@ class Run:
         return self.loaded.arch
 
     @property
-    def preprocess(self) -> dict | None:
-        return self.loaded.spec.preprocess
+    def model_config(self) -> dict:
+        """What a checkpoint's config must say besides its architecture for the model to load as it
+        trained: the effective preprocessing (from a pretrained tag, a parent checkpoint or the spec)
+        and QuickGELU (OpenAI's weights)."""
+        effective = self.loaded.identity["preprocess"]
+        out = {"preprocess": {k: effective[k] for k in PREPROCESS_KEYS if k in effective}}
+        if self.loaded.identity["config"].get("quick_gelu"):
+            out["quick_gelu"] = True
+        return out
 
     @property
     def resumed_from(self) -> Artifact | None:
@@ -127,7 +134,7 @@ def restore(run: Run, model, optimizer, method) -> dict:
     if run.cfg.trainable == "heads":   # the saved projections hold the adapters: keep the starting towers
         weights = {k: v for k, v in weights.items() if k in ("logit_scale", "logit_bias")}
     model.clip.load_state_dict(weights, strict=run.cfg.trainable != "heads")
-    model.load_state_dict({f"{k}": v for k, v in state["extra"].items()}, strict=False)
+    model.load_state_dict(state["extra"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
     method.load_state_dict(state["method"])
     return state

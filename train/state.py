@@ -3,7 +3,8 @@
 A checkpoint is a `checkpoint` artifact (the contract of features/checkpoint_artifacts.py, so
 `--model <id>` works in embed, eval and train) named after its run, with one part of two files:
   checkpoint/000000.safetensors  the weights (adapters folded in) and, as metadata, the config
-                                 {"model": arch, "preprocess"?, "train": the run's config and lineage};
+                                 {"model": arch, "preprocess", "quick_gelu"?, "train": the run's
+                                 config and lineage};
   train_state/000000.pt          everything else a resume needs, loadable with
                                  torch.load(weights_only=True): step, epoch and sampler
                                  positions, the optimiser's state, extra trained tensors, the
@@ -38,8 +39,7 @@ def save(run, weights: dict[str, torch.Tensor], state: dict, *, step: int, final
                "round": run.round, "parent": run.parent.artifact_id if run.parent else None,
                "resumed_from": run.resumed_from.artifact_id if run.resumed_from else None,
                "method": run.cfg.method, "trainable": run.cfg.trainable}
-    ckpt_config = {"model": run.arch, **({"preprocess": run.preprocess} if run.preprocess else {}),
-                   "train": {**lineage, "config": run.cfg.to_dict()}}
+    ckpt_config = {"model": run.arch, **run.model_config, "train": {**lineage, "config": run.cfg.to_dict()}}
     state = {**state, "format": STATE_FORMAT, "config": run.cfg.to_dict(), "run": run.digest, "name": run.name,
              "step": step, "final": final}
     store = run.store

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 
 _SQL_TYPES = {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN",
               pa.float16(): "FLOAT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.int16(): "SMALLINT",
-              pa.list_(pa.string()): "VARCHAR[]"}
+              pa.list_(pa.string()): "VARCHAR[]", pa.list_(pa.float32()): "FLOAT[]",
+              pa.list_(pa.float64()): "DOUBLE[]", pa.list_(pa.int32()): "INTEGER[]", pa.list_(pa.int64()): "BIGINT[]"}
 
 
 def sql_columns(schema: pa.Schema) -> dict[str, str]:
