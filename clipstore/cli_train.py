@@ -50,6 +50,11 @@ def add_parsers(sub) -> None:
                    help="autocast precision (default: bf16 on GPU, fp32 on CPU)")
     g.add_argument("--device", default=S, help="cpu, cuda, cuda:N (default: cuda when visible; one GPU per process "
                                                "under torchrun)")
+    g.add_argument("--pixel-cache", dest="pixel_cache", choices=["off", "use"], default=S,
+                   help="read decoded pixels from the corpora's pixel caches (clipstore pixels) instead of the "
+                        "shards (default: off)")
+    g.add_argument("--pixel-size", dest="pixel_size", type=int, default=S,
+                   help="the pixel cache's square size, e.g. 72 for headroom (default: the model's eval geometry)")
     g = s.add_argument_group("optimisation")
     for flag, key, kind, text in (
             ("--epochs", "epochs", int, "passes over the labeled images"),

@@ -6,6 +6,7 @@ embedding only the images it lacks."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -159,6 +160,32 @@ def test_sclip_with_caption_targets_from_a_global_ot_table(synth, stand_in):
     caption = [r["value"] for r in log_of(synth, out.run.name) if r["metric"] == "loss/caption"]
     assert len(caption) == 4 and all(v > 0 for v in caption)
     assert targets.artifact_id in dict(synth.lineage(out.checkpoint.artifact_id))
+
+
+@pytest.mark.slow
+def test_pixels_from_a_pixel_cache(synth, stand_in):
+    from clipstore.features.pixels import cache_pixels
+    from clipstore.features.models import ModelSpec
+    from clipstore.train.data import read_items
+    from clipstore.warehouse.errors import InputError
+    from clipstore.warehouse.pixels import PixelSpec
+    from clipstore.warehouse.shards import decode
+    options = {"method": "sclip", "split": "half", "init_from": stand_in.checkpoint.artifact_id, "pixel_cache": "use",
+               **TINY, "batch_size": 4}
+    with pytest.raises(InputError, match="clipstore pixels --corpus synth"):
+        train(synth, resolve(overrides=options), progress=False)
+    [pixels] = cache_pixels(synth, corpus="synth", model=ModelSpec("tiny-vit"), workers=0, progress=False)
+    out = train(synth, resolve(overrides=options), progress=False)
+    assert pixels.artifact_id in dict(synth.lineage(out.checkpoint.artifact_id))
+    assert len([r for r in log_of(synth, out.run.name) if r["metric"] == "loss"]) == 4
+    # what the source hands the train transform: the cached row, i.e. the decoded image at the model's geometry
+    from clipstore.train.data import pixel_cache_source
+    items = read_items(synth, split="half", role="labeled")
+    spec = PixelSpec.square(64)
+    factory, _ = pixel_cache_source(synth, ["synth"], spec, items.image_ids)
+    ref = items.refs[3]
+    with open(ref.shard, "rb") as f:
+        assert (np.asarray(factory(items.refs).load(3)) == spec.prepare(decode(f, ref))).all()
 
 
 @pytest.mark.slow

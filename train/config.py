@@ -15,6 +15,7 @@ from clipstore.warehouse.errors import InputError
 METHODS = ("clip", "sclip")
 TRAINABLE = ("all", "text", "image", "heads", "ln")
 KEYWORD_TARGETS = ("linear", "softmax")
+PIXEL_CACHE = ("off", "use")
 # Options that say how a run is carried out, not what it computes: left out of the run's identity.
 NOT_IN_RECIPE = ("name", "workers", "device")
 # One choice, whichever source makes it: a layer that names one of these clears the others an
@@ -73,6 +74,8 @@ class TrainConfig:
     name: str | None = None               # the run's (and its checkpoints') name
     round: int | None = None              # None = parent's round + 1 (0 without a trained parent)
     workers: int | None = None            # image decoding processes; None = 0 on CPU, 4 on GPU
+    pixel_cache: str = "off"              # off: decode the shards | use: read decoded pixels from a pixel cache
+    pixel_size: int | None = None         # the cache's square size; None = the model's eval geometry
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -156,6 +159,10 @@ def check(cfg: TrainConfig) -> TrainConfig:
         bad(f"unknown trainable mode {cfg.trainable!r}", f"use one of: {', '.join(TRAINABLE)}")
     if cfg.keyword_targets not in KEYWORD_TARGETS:
         bad(f"unknown keyword target rule {cfg.keyword_targets!r}", f"use one of: {', '.join(KEYWORD_TARGETS)}")
+    if cfg.pixel_cache not in PIXEL_CACHE:
+        bad(f"unknown pixel cache mode {cfg.pixel_cache!r}", f"use one of: {', '.join(PIXEL_CACHE)}")
+    if cfg.pixel_size is not None and cfg.pixel_size < 1:
+        bad(f"pixel_size must be at least 1, got {cfg.pixel_size}")
     if bool(cfg.corpus) == bool(cfg.split):
         bad("say what to train on: --corpus NAME (all its captioned images) or --split NAME (its labeled role)")
     if cfg.method == "sclip" and not cfg.split:

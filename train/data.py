@@ -137,6 +137,46 @@ class ShardImages:
         return {"refs": self.refs, "_files": {}}
 
 
+class CachedPixels:
+    """Images from a pixel cache (clipstore.warehouse.pixels): the cached, already resized rows,
+    opened lazily per process (memory maps are not sent to DataLoader workers)."""
+
+    def __init__(self, store_root: Path, artifact_ids: list[str], rows: np.ndarray):
+        self.store_root, self.artifact_ids, self.rows = Path(store_root), list(artifact_ids), rows
+        self._cache = None
+
+    def load(self, index: int) -> Image.Image:
+        if self._cache is None:
+            from clipstore.warehouse.pixels import open_pixel_cache
+            self._cache = open_pixel_cache(Store(self.store_root, create=False), self.artifact_ids)
+        return Image.fromarray(np.asarray(self._cache[int(self.rows[index])]))
+
+    def __getstate__(self):
+        return {**self.__dict__, "_cache": None}
+
+
+def pixel_cache_source(store: Store, corpora: list[str], spec, image_ids: list[str]):
+    """(factory refs -> CachedPixels, the pixels artifacts) for `--pixel-cache use`; an error naming
+    the `clipstore pixels` command when a corpus has no cache of this spec or lacks images."""
+    from clipstore.warehouse.pixels import find_pixel_cache, open_pixel_cache
+    size = f"--size {spec.width}" if spec.width == spec.height else "--model M"
+    arts = []
+    for corpus in corpora:
+        art = find_pixel_cache(store, corpus, spec)
+        if art is None:
+            raise InputError(f"--pixel-cache use: corpus {corpus} has no pixel cache {spec.slug}",
+                             where=str(store.root), fix=f"clipstore pixels --corpus {corpus} {size} (the model's "
+                                                         "eval geometry is --model M), or --pixel-cache off")
+        arts.append(art)
+    cache = open_pixel_cache(store, arts)
+    missing = cache.missing(image_ids)
+    if missing:
+        raise InputError(f"--pixel-cache use: {len(missing)} images are not in the pixel cache yet",
+                         fix=f"bring it up to date: clipstore pixels --corpus {' --corpus '.join(corpora)} {size}")
+    ids = [a.artifact_id for a in arts]
+    return (lambda refs: CachedPixels(store.root, ids, cache.rows_of([r.image_id for r in refs]))), arts
+
+
 def seed_of(*keys: int) -> int:
     """A 32-bit seed from a tuple of non-negative ints (one per draw)."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])

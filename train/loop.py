@@ -109,7 +109,8 @@ def _train(store: Store, config, resume, overrides, progress: bool, wait: bool, 
     data = TrainData(run.labeled, run.unlabeled if method.uses_unlabeled else None, schedule, run.loaded.preprocess,
                      run.loaded.tokenizer, run.loaded.device, pixels=not model.image_cached,
                      tokens=not model.text_cached, keywords=run.keywords, targets=run.targets, banks=banks,
-                     workers=workers if not model.image_cached else 0)
+                     workers=workers if not model.image_cached else 0,
+                     **({"image_source": run.image_source} if run.image_source else {}))
 
     # ---- the method sees the run (it may add parameters), then the optimiser takes what trains -----
     ctx = Context(run, model, data, dist)

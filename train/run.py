@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from clipstore.features.checkpoint_artifacts import checkpoint_path, find_checkpoint, resolve_model_spec
 from clipstore.features.checkpoints import read_checkpoint
 from clipstore.features.models import _PREPROCESS_KEYS as PREPROCESS_KEYS, LoadedModel, ModelSpec, build_model
 from clipstore.train import config as configs
-from clipstore.train.data import CaptionTargets, Items, Keywords, training_items
+from clipstore.train.data import CaptionTargets, Items, Keywords, pixel_cache_source, training_items
+from clipstore.train.model import CACHED
 from clipstore.train.losses import build_method
 from clipstore.train.state import STAGE_VERSION, load_state, run_checkpoints
 from clipstore.train.targets import default_vocab, read_caption_targets, read_keywords
@@ -42,6 +44,7 @@ class Run:
     round: int
     world: int
     resume: tuple[Artifact, Path, dict] | None = None   # (checkpoint, weights file, state)
+    image_source: Callable | None = None                 # refs -> ImageSource (a pixel cache); None: shards
 
     @property
     def arch(self) -> str:
@@ -106,6 +109,10 @@ def prepare(store: Store, cfg: configs.TrainConfig | None, *, resume: str | None
     loaded = build_model(spec, train=True)
     inputs = {**labeled.inputs, **(unlabeled.inputs if unlabeled is not None else {})}
     extra = [parent, keywords.vocab if keywords else None, targets.artifact if targets else None]
+    image_source = None
+    if cfg.pixel_cache == "use" and "image" not in CACHED[cfg.trainable]:   # pixels are read at all
+        image_source, pixel_arts = _pixel_source(store, cfg, loaded, labeled, unlabeled)
+        extra += pixel_arts
     arts = list({a.artifact_id: a for a in [*inputs.values(), *extra] if a is not None}.values())
     versions = store.version_digests(sorted(a.artifact_id for a in arts))
     digest = digest_of({"stage_version": STAGE_VERSION, "config": cfg.recipe(), "inputs": versions,
@@ -113,7 +120,7 @@ def prepare(store: Store, cfg: configs.TrainConfig | None, *, resume: str | None
     name = cfg.name or f"train.{cfg.method}.{cfg.split or cfg.corpus}.{loaded.name}.{digest[:8]}"
     parent_round = int(parent.stats.get("round") or 0) if parent is not None else -1
     run = Run(store, cfg, name, digest, spec, loaded, labeled, unlabeled, keywords, targets, arts, parent,
-              cfg.round if cfg.round is not None else parent_round + 1, world)
+              cfg.round if cfg.round is not None else parent_round + 1, world, image_source=image_source)
     if resumed is not None:
         if resumed[2]["run"] != digest:
             raise InputError(f"checkpoint {resumed[0].artifact_id} belongs to a run whose inputs differ from what the "
@@ -125,6 +132,18 @@ def prepare(store: Store, cfg: configs.TrainConfig | None, *, resume: str | None
         if found:                      # the same run was stopped: continue from its latest checkpoint
             run.resume = load_state(store, found[-1])
     return run
+
+
+def _pixel_source(store: Store, cfg, loaded: LoadedModel, labeled: Items, unlabeled: Items | None):
+    """`--pixel-cache use`: the caches of the model's eval geometry (or `--pixel-size N` squares)."""
+    from clipstore.warehouse.pixels import PixelSpec
+    pre = loaded.identity["preprocess"]
+    spec = PixelSpec.from_preprocess(pre) if cfg.pixel_size is None else \
+        PixelSpec.square(cfg.pixel_size, resize_mode=pre.get("resize_mode", "shortest"),
+                         interpolation="bilinear" if pre.get("interpolation") == "bilinear" else "bicubic")
+    items = [labeled] + ([unlabeled] if unlabeled is not None else [])
+    corpora = sorted({c for it in items for c in it.corpora})
+    return pixel_cache_source(store, corpora, spec, [i for it in items for i in it.image_ids])
 
 
 def restore(run: Run, model, optimizer, method) -> dict:
