@@ -109,7 +109,8 @@ def cmd_synth(args) -> None:
 def cmd_split(args) -> None:
     from clipstore.ingest.splits import make_split
     art = make_split(_store(args), args.name, corpora=args.corpus, unlabeled_corpora=args.unlabeled_corpus,
-                     labeled_ratio=args.labeled_ratio, seed=args.seed, compat=args.compat, wait=args.wait)
+                     labeled_ratio=args.labeled_ratio, seed=args.seed, compat=args.compat, extend=args.extend,
+                     wait=args.wait)
     roles = ", ".join(f"{k} {v}" for k, v in art.counts.items())
     print(summary_line(f"split {art.name}", art, roles))
 
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, required=True, help="selection seed; required")
     s.add_argument("--compat", choices=["sclip"],
                    help="reproduce the S-CLIP code's torch.randperm selection (default: clipstore's own)")
+    s.add_argument("--extend", action="store_true",
+                   help="grow the current version: keep every role it gave, place only images it lacks "
+                        "(default: off, a fresh selection over the corpora as they are)")
     s.set_defaults(func=cmd_split)
 
     from clipstore import (cli_eval, cli_export, cli_features, cli_mining, cli_pseudolabel, cli_show, cli_store,

@@ -34,7 +34,7 @@ CORPUS = {"name": "str!", "format": "str!", "path": "path!", "images": "path", "
           "keep_original": "bool", "max_pixels": "int", "png_level": "int", "replace": "bool", "max_bytes": "int",
           "ray": "str"}
 SPLIT = {"name": "str!", "corpora": "list[str]!", "unlabeled_corpora": "list[str]", "labeled_ratio": "float!",
-         "seed": "int!", "compat": "str"}
+         "seed": "int!", "compat": "str", "extend": "bool"}
 _MATCH = {"match_split": "str", "match_role": "str", "match_corpora": "list[str]"}
 MINE = {
     "keywords": {"split": "str", "role": "str", "corpora": "list[str]", "source_split": "str", "top": "int",

@@ -28,7 +28,7 @@ absent are counted as unavailable instead of shifting the permutation."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -84,23 +84,109 @@ class Selection:
 
 
 def make_split(store: Store, name: str, *, corpora: list[str], unlabeled_corpora: list[str] | None = None,
-               labeled_ratio: float, seed: int, compat: str | None = None, wait: bool = False) -> Artifact:
-    """Build (or return, when this recipe over these corpus versions exists) the split `name`."""
+               labeled_ratio: float, seed: int, compat: str | None = None, extend: bool = False,
+               wait: bool = False) -> Artifact:
+    """Build (or return, when this recipe over these corpus versions exists) the split `name`.
+    `extend`: grow the current version of `name` with the entries it lacks (module doc)."""
     unlabeled_corpora = list(unlabeled_corpora or [])
     _validate(name, corpora, unlabeled_corpora, labeled_ratio, compat)
     with store.writing(wait=wait):
         inputs = store.corpora(corpora + unlabeled_corpora)
         params = {"corpora": list(corpora), "unlabeled_corpora": unlabeled_corpora, "labeled_ratio": labeled_ratio,
                   "seed": seed, "compat": compat, "unit": UNIT}
+        previous = _extended(store, name, params, inputs) if extend else None
+        if previous is not None and _pins_current(store, previous, inputs):
+            return replace(previous, noop=True)          # nothing new in the corpora: up to date
+        if previous is not None:
+            params = {**params, "extends": previous.artifact_id}
         builder = store.produce(kind="split", name=name, stage="split", version=STAGE_VERSION, params=params,
-                                inputs=list(inputs.values()), tables=SPLIT_TABLES, config=params)
+                                inputs=list(inputs.values()) + ([previous] if previous else []), tables=SPLIT_TABLES,
+                                config=params)
         if isinstance(builder, Artifact):
             return builder
         with builder.failing_on_error():
             entries = _load_entries(store, inputs)
             _require_pools(entries, corpora, unlabeled_corpora, compat)
-            rows, counts, stats = plan_split(name, entries, corpora, unlabeled_corpora, labeled_ratio, seed, compat)
+            if previous is None:
+                rows, counts, stats = plan_split(name, entries, corpora, unlabeled_corpora, labeled_ratio, seed,
+                                                 compat)
+            else:
+                rows, counts, stats = plan_growth(name, entries, corpora, unlabeled_corpora, labeled_ratio, seed,
+                                                  previous, _previous_rows(store, previous))
             return _write(builder, rows, counts, stats)
+
+
+def _extended(store: Store, name: str, params: dict, inputs: dict[str, Artifact]) -> Artifact | None:
+    """The current version of split `name` that `extend` grows (None: there is none yet)."""
+    previous = store.current("split", name)
+    if previous is None:
+        return None
+    if params["compat"] is not None:
+        raise InputError("--extend grows a split with clipstore's own selection", fix="drop --compat or --extend")
+    kept = {k: v for k, v in previous.params.items() if k != "extends"}
+    if kept != params:
+        differ = ", ".join(f"{k}: {kept.get(k)!r} now, {v!r} given" for k, v in params.items() if kept.get(k) != v)
+        raise InputError(f"--extend keeps the settings of split {name}'s current version ({differ})",
+                         where=previous.artifact_id, fix="give the same settings, or choose a new split name")
+    return previous
+
+
+def _pins_current(store: Store, previous: Artifact, inputs: dict[str, Artifact]) -> bool:
+    """Whether the split version already covers the corpora as they are now."""
+    pinned = {i[0]: i[1] for i in previous.recipe.get("inputs", []) if isinstance(i, list)}
+    now = store.version_digests([a.artifact_id for a in inputs.values()])
+    return all(pinned.get(aid) == d for aid, d in now.items())
+
+
+def _previous_rows(store: Store, previous: Artifact) -> list[dict]:
+    import pyarrow.parquet as pq
+    return [r for path in store.table_paths(previous, "splits") for r in pq.read_table(path).to_pylist()]
+
+
+def plan_growth(name: str, entries: dict[str, list[Candidate]], corpora: list[str], unlabeled_corpora: list[str],
+                ratio: float, seed: int, previous: Artifact, old_rows: list[dict]) -> tuple[list[dict], dict, dict]:
+    """A grown split: the previous version's rows (less entries the corpora dropped), then the new
+    entries, placed with their own seeded draw; pure."""
+    generation = int(previous.stats.get("generation", 0)) + 1
+    present = {(e.corpus, e.sample_id): e for pool in entries.values() for e in pool if e.has_image}
+    kept = [{**r, "image_id": present[(r["corpus"], r["sample_id"])].image_id} for r in old_rows
+            if (r["corpus"], r["sample_id"]) in present]
+    known = {(r["corpus"], r["sample_id"]) for r in old_rows}
+    new = {c: [e for e in entries[c] if e.has_image and (c, e.sample_id) not in known] for c in entries}
+    train = [e for c in corpora for e in sorted(new[c], key=lambda e: e.source_index) if e.split == "train"]
+    eligible = [e for e in train if e.n_captions > 0]
+    n_labeled = int(len(eligible) * ratio)
+    order = np.random.default_rng([seed, generation]).permutation(len(eligible))
+    labeled_at = {int(i) for i in order[:n_labeled]}
+    added: dict[str, list[Candidate]] = {
+        "labeled": [e for i, e in enumerate(eligible) if i in labeled_at],
+        "unlabeled": ([] if unlabeled_corpora else
+                      [e for i, e in enumerate(eligible) if i not in labeled_at]
+                      + [e for e in train if e.n_captions == 0])
+                     + [e for c in unlabeled_corpora for e in sorted(new[c], key=lambda e: e.source_index)],
+    }
+    for role in EVAL_ROLES:
+        added[role] = [e for c in corpora for e in sorted(new[c], key=lambda e: e.source_index) if e.split == role]
+    rows = list(kept)
+    for role in ROLES:
+        start = 1 + max([r["position"] for r in kept if r["role"] == role], default=-1)
+        rows += [{"split": name, "role": role, "corpus": e.corpus, "sample_id": e.sample_id, "image_id": e.image_id,
+                  "source_key": e.source_key, "source_index": e.source_index, "position": start + k}
+                 for k, e in enumerate(added[role])]
+    rows.sort(key=lambda r: (ROLES.index(r["role"]), r["position"]))
+    counts = {role: sum(r["role"] == role for r in rows) for role in ROLES}
+    per_corpus: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(ROLES, 0))
+    for r in rows:
+        per_corpus[r["corpus"]][r["role"]] += 1
+    stats = {**{k: v for k, v in previous.stats.items() if k in ("seed", "labeled_ratio", "unit", "compat", "corpora",
+                                                                  "unlabeled_corpora")},
+             "digest": manifest_digest(rows), "generation": generation, "extends": previous.artifact_id,
+             "added": {role: len(v) for role, v in added.items()}, "dropped": len(old_rows) - len(kept),
+             "selection": {"method": "numpy.random.default_rng([seed, generation]).permutation(n_new_eligible)"
+                                     "[:int(n_new_eligible * ratio)]", "new_eligible": len(eligible)},
+             "left_out": previous.stats.get("left_out", 0), "images_in_several_roles": _images_in_several_roles(rows),
+             "per_corpus": dict(per_corpus)}
+    return rows, counts, stats
 
 
 def plan_split(name: str, entries: dict[str, list[Candidate]], corpora: list[str], unlabeled_corpora: list[str],

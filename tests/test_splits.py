@@ -243,3 +243,39 @@ def test_cli_split_prints_counts_and_fails_cleanly(synth_store, cli):
               "--seed", "0", check=False)
     assert bad.returncode == NotFoundError.exit_code and "no corpus 'nope'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# ---- growing a split -------------------------------------------------------------------------
+def test_extend_keeps_every_role_and_places_only_the_new_images(tmp_path):
+    store = Store(tmp_path / "store")
+    first = synthetic_entries(100, n_val=10, n_test=10)
+    ingest_synthetic(store, tmp_path / "grow", "grow", first)
+    v1 = make_split(store, "g", corpora=["grow"], labeled_ratio=0.1, seed=3, extend=True)   # none yet: a plain split
+    assert v1.params == make_split(store, "plain", corpora=["grow"], labeled_ratio=0.1, seed=3).params
+    before = manifest(store, "g")
+
+    # 50 new train images, 5 val, 5 test arrive (the old ones unchanged)
+    grown = first + synthetic_entries(50, n_val=5, n_test=5, prefix="n")
+    ingest_synthetic(store, tmp_path / "grow", "grow", grown)
+    v2 = make_split(store, "g", corpora=["grow"], labeled_ratio=0.1, seed=3, extend=True)
+    after = manifest(store, "g")
+    assert v2.artifact_id != v1.artifact_id and v2.stats["extends"] == v1.artifact_id
+    assert (v1.artifact_id, "input") in store.lineage(v2.artifact_id)
+    old = {(r["role"], r["sample_id"]) for r in before}
+    assert old <= {(r["role"], r["sample_id"]) for r in after}            # every old role kept
+    new = [r for r in after if r["source_key"].startswith("n")]
+    assert sum(r["role"] == "labeled" for r in new) == int(50 * 0.1)    # their own share, drawn among them
+    assert {r["role"] for r in new} == {"labeled", "unlabeled", "val", "test"}
+    assert len(new) == 60 and len(after) == len(before) + 60
+    assert v2.stats["added"] == {"labeled": 5, "unlabeled": 45, "val": 5, "test": 5} and v2.stats["dropped"] == 0
+    assert v2.counts == {role: sum(r["role"] == role for r in after) for role in ("labeled", "unlabeled", "val", "test")}
+    positions = [r["position"] for r in after if r["role"] == "unlabeled"]
+    assert len(set(positions)) == len(positions)
+
+    # nothing new: a no-op; other settings: refused; a fresh (non-extending) split re-draws everything
+    again = make_split(store, "g", corpora=["grow"], labeled_ratio=0.1, seed=3, extend=True)
+    assert again.artifact_id == v2.artifact_id and again.noop
+    with pytest.raises(InputError, match="keeps the settings"):
+        make_split(store, "g", corpora=["grow"], labeled_ratio=0.2, seed=3, extend=True)
+    fresh = make_split(store, "g", corpora=["grow"], labeled_ratio=0.1, seed=3)
+    assert fresh.artifact_id not in (v1.artifact_id, v2.artifact_id) and "extends" not in fresh.params
